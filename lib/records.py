@@ -1,0 +1,95 @@
+"""Append-only JSON Lines record store shared by every teacher stage.
+
+Each stage appends one record per accepted (or rejected) item as soon as it exists, so a stage that is
+killed (Ctrl-C, OOM, SIGKILL, a dropped SSH session) resumes where it stopped: `done_ids` lists what is
+already on disk and the stage skips it. A kill in the middle of a write can leave a truncated last line;
+`read_jsonl` ignores it and the next `append_jsonl` cuts it off before writing.
+
+    from lib.records import append_jsonl, done_ids, read_jsonl
+    done = done_ids("data/out.jsonl", "data/rejects.jsonl")
+    append_jsonl("data/out.jsonl", {"id": "x1", "text": "..."})
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_TAIL_CHUNK = 64 * 1024
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSONL file of dicts; an unterminated, unparsable last line (a killed write) is ignored."""
+    path = Path(path)
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    # After a final newline split() yields one empty trailing element; anything else there is an
+    # unterminated line, which is the only place a killed append can leave garbage.
+    unterminated = lines[-1] != b""
+    records: list[dict] = []
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            if unterminated and lineno == len(lines):
+                log.warning("%s: ignoring truncated last line %d (%d bytes)", path, lineno, len(raw))
+                continue
+            raise ValueError(f"{path}:{lineno}: malformed JSON line: {exc}") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        records.append(obj)
+    return records
+
+
+def _last_newline_offset(f, size: int) -> int:
+    """Byte offset of the last b"\\n" in an open binary file of `size` bytes, or -1 when there is none."""
+    end = size
+    while end > 0:
+        start = max(0, end - _TAIL_CHUNK)
+        f.seek(start)
+        chunk = f.read(end - start)
+        idx = chunk.rfind(b"\n")
+        if idx >= 0:
+            return start + idx
+        end = start
+    return -1
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one record as a line and fsync it, first cutting a partial last line left by a kill."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: record must be a dict, got {type(record).__name__}")
+    line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size > 0:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                keep = _last_newline_offset(f, size) + 1
+                log.warning("%s: cutting %d bytes of a truncated last line before appending", path, size - keep)
+                f.truncate(keep)
+        # "a" mode always writes at the end, which is now just after the last complete line.
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def done_ids(*paths: str | Path) -> set[str]:
+    """Ids already recorded in any of `paths` (missing files count as empty), to skip them on resume."""
+    ids: set[str] = set()
+    for path in paths:
+        if not Path(path).exists():
+            continue
+        for i, rec in enumerate(read_jsonl(path)):
+            rid = rec.get("id")
+            if not isinstance(rid, str):
+                raise ValueError(f"{path}: record {i} has no string 'id' (got {rid!r})")
+            ids.add(rid)
+    return ids

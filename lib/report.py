@@ -1,0 +1,87 @@
+"""What every notebook does at its start and end: print versions, write metrics and figures.
+
+Metrics are small JSON files under reports/metrics/ and figures PNGs under figures/, both tracked by
+git and declared to DVC with `cache: false`, so a diff of a PR shows how the numbers moved.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from lib.config import ROOT
+
+METRICS_DIR = ROOT / "reports" / "metrics"
+FIGURES_DIR = ROOT / "figures"
+
+
+def versions() -> dict:
+    """Library versions and the compute device, printed by each notebook's version cell."""
+    import importlib.metadata as md
+
+    import torch
+
+    info = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "trl", "peft", "sentence-transformers", "scikit-learn"):
+        try:
+            info[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            info[pkg] = "not installed"
+    info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({_cores()} cores)"
+    return info
+
+
+def write_metrics(name: str, metrics: dict) -> Path:
+    """Write reports/metrics/<name>.json with rounded floats and sorted keys (stable diffs)."""
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    path = METRICS_DIR / f"{name}.json"
+    path.write_text(json.dumps(_clean(metrics), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def save_figure(fig: Any, name: str) -> Path:
+    """Save a matplotlib figure to figures/<name>.png."""
+    FIGURES_DIR.mkdir(parents=True, exist_ok=True)
+    path = FIGURES_DIR / f"{name}.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def resumable_dir(path: str | Path, fingerprint: str) -> Path:
+    """A DVC `persist: true` output directory that keeps work across a killed run.
+
+    If the params fingerprint recorded in it differs from `fingerprint`, its contents were made with
+    other params: they are moved aside to `<path>.stale-<time>` (never deleted) and the run starts fresh.
+    """
+    path = Path(path)
+    stamp = path / "FINGERPRINT"
+    if path.exists() and any(path.iterdir()):
+        if not stamp.exists() or stamp.read_text().strip() != fingerprint:
+            aside = path.with_name(f"{path.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+            shutil.move(str(path), aside)
+            print(f"params changed since the last run: moved {path.name} aside to {aside.name}")
+    path.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint + "\n")
+    return path
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        obj = obj.item()  # numpy scalars
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else round(obj, 4)
+    return obj
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

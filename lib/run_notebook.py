@@ -1,0 +1,56 @@
+"""Run one stage's notebook through papermill: the `cmd` of every notebook stage in dvc.yaml.
+
+    python -m lib.run_notebook notebooks/02_cluster.ipynb --paper jic [--recipe lora]
+
+The profile comes from the switch in params.yaml and is validated before a kernel starts. The
+executed copy goes to reports/notebooks/<notebook>_<paper>[_<recipe>].ipynb; the source notebook is
+never executed in place.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from lib import config
+
+
+def output_path(notebook: Path, paper: str | None, recipe: str | None) -> Path:
+    """reports/notebooks/<stem>[_<paper>][_<recipe>].ipynb"""
+    name = "_".join(x for x in (notebook.stem, paper, recipe) if x)
+    return config.ROOT / "reports" / "notebooks" / f"{name}.ipynb"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("notebook", type=Path)
+    ap.add_argument("--paper")
+    ap.add_argument("--recipe")
+    args = ap.parse_args(argv)
+
+    profile = config.active_profile()
+    config.load(profile)  # fail before starting a kernel if the params are wrong
+    parameters = {"profile": profile}
+    if args.paper:
+        parameters["paper"] = args.paper
+    if args.recipe:
+        parameters["recipe"] = args.recipe
+    out = output_path(args.notebook, args.paper, args.recipe)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    # The kernel imports lib/ from this checkout, whatever the caller's PYTHONPATH says.
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(config.ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    os.environ.setdefault("HF_HUB_OFFLINE", "0" if profile == "paper" else "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import papermill as pm
+
+    print(f"running {args.notebook} ({profile}) -> {out.relative_to(config.ROOT)}", flush=True)
+    pm.execute_notebook(str(args.notebook), str(out), parameters=parameters, kernel_name="python3",
+                        cwd=str(config.ROOT), progress_bar=False, log_output=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

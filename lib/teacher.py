@@ -1,0 +1,469 @@
+"""Teacher LLMs behind one interface, a response cache, and a resumable validate-and-repair loop.
+
+A teacher has a `.name` and `generate(list[Messages], Sampling) -> list[str]` (one reply per chat, in
+order). Two backends:
+
+- `LocalTeacher`: a Hugging Face causal LM run in-process with batched generation (the `cpu` profile).
+- `OpenAITeacher`: any OpenAI-compatible `/chat/completions` endpoint (vLLM, Ollama, a hosted API; the
+  paper's Llama-3-70B), with bounded concurrency and retries. The API key is read from an environment
+  variable at call time and never stored or printed.
+
+`make_teacher(cfg)` builds either one wrapped in a `CachedTeacher`, whose sqlite cache makes a killed
+stage resume deterministically even when sampling at T=1. `run_records` drives a stage: it builds a
+chat per record, parses each reply (raising `InvalidReply` to reject it), asks the teacher to repair
+rejected replies, and appends accepted and rejected records to JSONL files as they happen.
+
+    teacher = make_teacher({"backend": "openai", "model": "m", "base_url": "http://host/v1",
+                            "cache_path": "data/cache.sqlite"})
+    stats = run_records(records, build_messages, parse, teacher, Sampling(temperature=1.0, seed=0),
+                        "data/out.jsonl", "data/rejects.jsonl")
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import hashlib
+import inspect
+import json
+import logging
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lib.records import append_jsonl, done_ids
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict]
+
+
+@dataclass
+class Sampling:
+    """Decoding settings shared by all backends; temperature 0 means greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int | None = None
+
+
+class TeacherError(RuntimeError):
+    """A teacher request failed for good (after retries, or with a non-retryable status)."""
+
+
+class InvalidReply(ValueError):
+    """A teacher reply that does not meet the output contract; `.reason` is a short code for counting."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------------------------------
+# Local backend
+
+
+class LocalTeacher:
+    """A Hugging Face chat model generating in batches in this process."""
+
+    def __init__(self, model_dir: str | Path, batch_size: int = 8, device: str = "cpu"):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_dir = Path(model_dir)
+        if not (self.model_dir / "config.json").exists():
+            raise ValueError(f"LocalTeacher: {self.model_dir} is not a Hugging Face model directory (no config.json)")
+        self.name = f"local:{self.model_dir.name}"
+        self.batch_size = batch_size
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        # Left padding keeps every prompt's last token at the end of the row, where generation continues.
+        self.tokenizer.padding_side = "left"
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).to(device).eval()
+        gen_cfg = self.model.generation_config
+        eos = gen_cfg.eos_token_id if gen_cfg.eos_token_id is not None else self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
+        if pad is None:
+            raise ValueError(f"LocalTeacher: {self.model_dir} defines no pad or eos token")
+        self.pad_token_id = int(pad)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token_id = self.pad_token_id
+        self.generated_tokens = 0  # running count of new non-pad tokens, for throughput measurements
+
+    def __repr__(self) -> str:
+        return f"LocalTeacher({str(self.model_dir)!r}, batch_size={self.batch_size}, device={self.device!r})"
+
+    def generate(self, prompts: Sequence[Messages], sampling: Sampling) -> list[str]:
+        """One reply per chat, generated `batch_size` chats at a time."""
+        import torch
+
+        replies: list[str] = []
+        greedy = sampling.temperature <= 0
+        for start in range(0, len(prompts), self.batch_size):
+            chats = prompts[start:start + self.batch_size]
+            texts = [self.tokenizer.apply_chat_template(list(m), tokenize=False, add_generation_prompt=True)
+                     for m in chats]
+            # The chat template already places any special tokens the model expects.
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "pad_token_id": self.pad_token_id}
+            if greedy:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            else:
+                kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
+                if sampling.seed is not None:
+                    torch.manual_seed(sampling.seed)
+            with torch.inference_mode():
+                out = self.model.generate(**enc, **kwargs)
+            new = out[:, enc["input_ids"].shape[1]:]
+            self.generated_tokens += int((new != self.pad_token_id).sum())
+            replies.extend(t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True))
+        return replies
+
+
+# --------------------------------------------------------------------------------------------------
+# OpenAI-compatible backend
+
+_RETRY_STATUS = {408, 409, 425, 429}
+
+
+def _run_sync(coro_factory: Callable[[], Any]) -> Any:
+    """Run a coroutine to completion from sync code, also inside Jupyter where a loop is already running."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro_factory())
+    # A running loop (Jupyter kernel) cannot be re-entered: run a private loop in a worker thread.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(coro_factory())).result()
+
+
+class OpenAITeacher:
+    """A model behind an OpenAI-compatible chat completions endpoint, queried concurrently with retries."""
+
+    def __init__(self, base_url: str, model: str, api_key_env: str = "TEACHER_API_KEY", max_concurrency: int = 8,
+                 max_retries: int = 5, backoff_s: float = 1.0, timeout_s: float = 120.0):
+        if max_concurrency < 1:
+            raise ValueError(f"OpenAITeacher: max_concurrency must be >= 1, got {max_concurrency}")
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
+        self.model = model
+        self.name = f"openai:{model}"
+        self.api_key_env = api_key_env
+        self.max_concurrency = max_concurrency
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+
+    def __repr__(self) -> str:
+        # Only the variable's name: the key itself is never held by this object.
+        return (f"OpenAITeacher(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r}, "
+                f"max_concurrency={self.max_concurrency}, max_retries={self.max_retries})")
+
+    def _headers(self) -> dict[str, str]:
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _payload(self, messages: Messages, sampling: Sampling) -> dict:
+        payload = {"model": self.model, "messages": list(messages), "temperature": sampling.temperature,
+                   "top_p": sampling.top_p, "max_tokens": sampling.max_new_tokens}
+        if sampling.seed is not None:
+            payload["seed"] = sampling.seed
+        return payload
+
+    def _error(self, msg: str) -> TeacherError:
+        # Belt and braces: a server could echo the Authorization header back in an error body.
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        return TeacherError(msg.replace(key, "[redacted]") if key else msg)
+
+    def _delay(self, attempt: int) -> float:
+        # Exponential backoff with jitter so concurrent workers do not retry in lockstep.
+        return self.backoff_s * (2 ** attempt) * (1.0 + random.random())
+
+    async def _one(self, client, sem: asyncio.Semaphore, messages: Messages, sampling: Sampling) -> str:
+        import httpx
+
+        payload = self._payload(messages, sampling)
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            async with sem:
+                try:
+                    resp = await client.post(self.url, json=payload, headers=self._headers())
+                except httpx.TransportError as exc:
+                    last = f"{type(exc).__name__}"
+                    resp = None
+            if resp is not None:
+                if resp.status_code == 200:
+                    try:
+                        content = resp.json()["choices"][0]["message"]["content"]
+                    except (ValueError, KeyError, IndexError, TypeError):
+                        raise self._error(f"malformed response from {self.url}: {resp.text[:200]!r}") from None
+                    if not isinstance(content, str):
+                        raise self._error(f"response from {self.url} has no text content: {content!r}")
+                    return content
+                last = f"HTTP {resp.status_code}"
+                if resp.status_code not in _RETRY_STATUS and resp.status_code < 500:
+                    raise self._error(f"{last} from {self.url} (not retried): {resp.text[:200]!r}")
+            if attempt < self.max_retries:
+                await asyncio.sleep(self._delay(attempt))
+        raise self._error(f"{last} from {self.url}: giving up after {self.max_retries + 1} attempts")
+
+    async def agenerate(self, prompts: Sequence[Messages], sampling: Sampling) -> list[str]:
+        """Async form of `generate`, for callers that already run an event loop."""
+        import httpx
+
+        sem = asyncio.Semaphore(self.max_concurrency)
+        limits = httpx.Limits(max_connections=self.max_concurrency)
+        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as client:
+            return list(await asyncio.gather(*(self._one(client, sem, m, sampling) for m in prompts)))
+
+    def generate(self, prompts: Sequence[Messages], sampling: Sampling) -> list[str]:
+        """One reply per chat, in order, at most `max_concurrency` requests in flight."""
+        if not prompts:
+            return []
+        return _run_sync(lambda: self.agenerate(prompts, sampling))
+
+
+# --------------------------------------------------------------------------------------------------
+# Cache
+
+
+def cache_key(model: str, messages: Messages, sampling: Sampling, attempt: int = 0) -> str:
+    """sha256 of everything that determines a reply, so a cached reply is only reused for the same request."""
+    blob = json.dumps({"model": model, "messages": messages, "sampling": dataclasses.asdict(sampling),
+                       "attempt": attempt}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class ResponseCache:
+    """Replies on disk in sqlite, keyed by `cache_key`; committed per batch so a kill loses at most one batch."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        self._db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL)")
+        self._db.commit()
+
+    def __repr__(self) -> str:
+        return f"ResponseCache({str(self.path)!r})"
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, str]:
+        """The cached replies among `keys`."""
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, str] = {}
+        with self._lock:
+            for i in range(0, len(keys), 500):  # stay under sqlite's bound-parameter limit
+                chunk = keys[i:i + 500]
+                rows = self._db.execute(f"SELECT key, reply FROM replies WHERE key IN ({','.join('?' * len(chunk))})",
+                                        chunk)
+                found.update(rows.fetchall())
+        return found
+
+    def put_many(self, items: dict[str, str]) -> None:
+        """Store replies and commit."""
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO replies (key, reply) VALUES (?, ?)", list(items.items()))
+            self._db.commit()
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+
+class CachedTeacher:
+    """Wraps a teacher so that only uncached chats are sent; replies come back in input order."""
+
+    def __init__(self, teacher: Any, cache: ResponseCache):
+        self.teacher = teacher
+        self.cache = cache
+        self.name = teacher.name
+        self.hits = 0
+        self.misses = 0
+
+    def __repr__(self) -> str:
+        return f"CachedTeacher({self.teacher!r}, {self.cache!r})"
+
+    def generate(self, prompts: Sequence[Messages], sampling: Sampling, attempt: int = 0) -> list[str]:
+        """Replies for `prompts`; `attempt` separates repair rounds so they are not served an earlier reply."""
+        keys = [cache_key(self.name, m, sampling, attempt) for m in prompts]
+        found = self.cache.get_many(keys)
+        # Identical chats share one key and therefore one reply: send each missing key once.
+        missing = {k: m for k, m in zip(keys, prompts) if k not in found}
+        if missing:
+            replies = self.teacher.generate(list(missing.values()), sampling)
+            if len(replies) != len(missing):
+                raise TeacherError(f"{self.name} returned {len(replies)} replies for {len(missing)} prompts")
+            new = dict(zip(missing.keys(), replies))
+            self.cache.put_many(new)
+            found.update(new)
+        self.hits += len(prompts) - len(missing)
+        self.misses += len(missing)
+        return [found[k] for k in keys]
+
+
+def make_teacher(cfg: dict) -> CachedTeacher:
+    """Build the configured teacher wrapped in its response cache."""
+    backend = cfg.get("backend")
+    for key in ("model", "cache_path"):
+        if not cfg.get(key):
+            raise ValueError(f"teacher config: missing {key!r} (backend {backend!r})")
+    if backend == "local":
+        teacher: Any = LocalTeacher(cfg["model"], batch_size=cfg.get("batch_size", 8), device=cfg.get("device", "cpu"))
+    elif backend == "openai":
+        if not cfg.get("base_url"):
+            raise ValueError("teacher config: backend 'openai' needs 'base_url'")
+        teacher = OpenAITeacher(cfg["base_url"], cfg["model"], api_key_env=cfg.get("api_key_env", "TEACHER_API_KEY"),
+                                max_concurrency=cfg.get("max_concurrency", 8), max_retries=cfg.get("max_retries", 5))
+    else:
+        raise ValueError(f"teacher config: unknown backend {backend!r} (expected 'local' or 'openai')")
+    return CachedTeacher(teacher, ResponseCache(cfg["cache_path"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Validate-and-repair loop
+
+
+@dataclass
+class RunStats:
+    """Counts for one stage run; `reasons` counts every invalid reply, including ones later repaired."""
+
+    accepted: int = 0
+    repaired: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    elapsed_s: float = 0.0
+    generated_chars: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted share of the items processed in this run (skipped ones excluded)."""
+        done = self.accepted + self.rejected
+        return self.accepted / done if done else 0.0
+
+    def as_dict(self) -> dict:
+        """Plain JSON-serialisable summary, for metrics files."""
+        return {"accepted": self.accepted, "repaired": self.repaired, "rejected": self.rejected,
+                "skipped": self.skipped, "acceptance_rate": self.acceptance_rate, "reasons": dict(self.reasons),
+                "elapsed_s": self.elapsed_s, "generated_chars": self.generated_chars}
+
+
+def default_repair_prompt(reason: str) -> str:
+    """Generic repair instruction naming what was wrong."""
+    return (f"That reply does not follow the instructions ({reason.replace('_', ' ')}). "
+            "Write it again, following the required format exactly, and reply with nothing else.")
+
+
+@dataclass
+class Outcome:
+    """Result of validating one chat: `value` when accepted, else the last `reason` and `reply`."""
+
+    value: Any = None
+    reason: str | None = None
+    reply: str = ""
+    repairs: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def _accepts_attempt(teacher: Any) -> bool:
+    try:
+        return "attempt" in inspect.signature(teacher.generate).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def generate_validated(chats: list[Messages], parsers: list[Callable[[str], Any]], teacher: Any, sampling: Sampling,
+                       max_repairs: int, repair_prompt: Callable[[str], str], stats: RunStats) -> list[Outcome]:
+    """Generate a reply per chat, parse it, and re-ask (batched) for replies the parser rejects."""
+    chats = [list(m) for m in chats]
+    outcomes = [Outcome() for _ in chats]
+    pending = list(range(len(chats)))
+    pass_attempt = _accepts_attempt(teacher)
+    for attempt in range(max_repairs + 1):
+        if not pending:
+            break
+        batch = [chats[i] for i in pending]
+        replies = teacher.generate(batch, sampling, attempt=attempt) if pass_attempt else teacher.generate(batch, sampling)
+        if len(replies) != len(batch):
+            raise TeacherError(f"{teacher.name} returned {len(replies)} replies for {len(batch)} chats")
+        still: list[int] = []
+        for i, reply in zip(pending, replies):
+            stats.generated_chars += len(reply)
+            out = outcomes[i]
+            out.repairs, out.reply = attempt, reply
+            try:
+                out.value, out.reason = parsers[i](reply), None
+            except InvalidReply as exc:
+                out.reason = exc.reason
+                stats.reasons[exc.reason] += 1
+                # The model sees its own bad reply and what was wrong with it.
+                chats[i] += [{"role": "assistant", "content": reply}, {"role": "user", "content": repair_prompt(exc.reason)}]
+                still.append(i)
+        pending = still
+    return outcomes
+
+
+def _check_ids(records: Sequence[dict]) -> None:
+    seen: set[str] = set()
+    for n, rec in enumerate(records):
+        rid = rec.get("id")
+        if not isinstance(rid, str):
+            raise ValueError(f"record {n} has no string 'id' (got {rid!r})")
+        if rid in seen:
+            raise ValueError(f"duplicate record id {rid!r}")
+        seen.add(rid)
+
+
+def run_records(records: Sequence[dict], build_messages: Callable[[dict], Messages],
+                parse: Callable[[dict, str], dict], teacher: Any, sampling: Sampling, out_path: str | Path,
+                rejects_path: str | Path, max_repairs: int = 2,
+                repair_prompt: Callable[[str], str] = default_repair_prompt, batch_size: int = 16) -> RunStats:
+    """Resumably turn records into validated teacher outputs, appending each to out_path or rejects_path.
+
+    Accepted outputs are `parse(record, reply)` plus the record's "id" and "repairs" (repair rounds used);
+    rejects are {"id", "reason", "reply"} with the last reply.
+    """
+    t0 = time.perf_counter()
+    _check_ids(records)
+    stats = RunStats()
+    done = done_ids(out_path, rejects_path)
+    todo = [r for r in records if r["id"] not in done]
+    stats.skipped = len(records) - len(todo)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        parsers = [lambda reply, rec=rec: parse(rec, reply) for rec in batch]
+        outcomes = generate_validated([build_messages(r) for r in batch], parsers, teacher, sampling, max_repairs,
+                                      repair_prompt, stats)
+        for rec, out in zip(batch, outcomes):
+            if out.ok:
+                value = {k: v for k, v in out.value.items() if k not in ("id", "repairs")}
+                append_jsonl(out_path, {"id": rec["id"], **value, "repairs": out.repairs})
+                stats.accepted += 1
+                stats.repaired += out.repairs > 0
+            else:
+                append_jsonl(rejects_path, {"id": rec["id"], "reason": out.reason, "reply": out.reply})
+                stats.rejected += 1
+        log.info("run_records: %d/%d done (accepted %d, rejected %d)", start + len(batch), len(todo),
+                 stats.accepted, stats.rejected)
+    stats.elapsed_s = time.perf_counter() - t0
+    return stats

@@ -1,0 +1,135 @@
+"""LoRA fine-tuning of the student model over trl, resumable from checkpoints.
+
+Usage (from a notebook or DVC stage):
+    metrics = sft(model_dir, train_rows, eval_rows, out_dir, lora=params["lora"], args=params["sft"])
+`lora` keys are peft.LoraConfig argument names and `args` keys are trl.SFTConfig argument names, so params files
+map one-to-one onto the libraries (tests/test_api_drift.py fails loudly if a library renames one). Outputs:
+out_dir/checkpoints/checkpoint-N (resume points), out_dir/adapter (final adapter + tokenizer) and
+out_dir/train_metrics.json. Rerunning after a kill resumes from the latest checkpoint.
+
+trl/transformers are imported inside the functions, after lib.models.load_for_training, so that on a GPU box with
+unsloth installed, unsloth is imported first. Further trainers (e.g. dpo) go beside `sft` and reuse the helpers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+from pathlib import Path
+
+from lib.models import load_for_training
+
+log = logging.getLogger(__name__)
+
+# Arguments that sft sets itself; accepting them from params would silently fight with the function's own choices.
+_RESERVED_ARGS = {"output_dir": "out_dir", "report_to": "(always [] here)", "max_length": "max_seq_length"}
+
+
+def _check_args(args: dict) -> None:
+    """Reject trainer arguments that this module controls, naming the parameter to use instead."""
+    for key, instead in _RESERVED_ARGS.items():
+        if key in args:
+            raise ValueError(f"trainer args must not set {key!r}; use {instead} instead")
+
+
+def _check_rows(rows: list[dict], split: str) -> list[dict]:
+    """Validate conversational prompt-completion rows and keep only the columns the trainer consumes."""
+    clean = []
+    for i, row in enumerate(rows):
+        rid = row.get("id", f"#{i}") if isinstance(row, dict) else f"#{i}"
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), list) or not row["prompt"]:
+            raise ValueError(f"{split} row {rid}: 'prompt' must be a non-empty list of chat messages")
+        completion = row.get("completion")
+        if not isinstance(completion, list) or not completion or any(
+                not isinstance(m, dict) or m.get("role") != "assistant" for m in completion):
+            raise ValueError(f"{split} row {rid}: 'completion' must be a non-empty list of assistant messages")
+        clean.append({"prompt": row["prompt"], "completion": completion})
+    return clean
+
+
+def _default_precision(args: dict) -> dict:
+    """trl defaults to bf16=True even on CPU (slow autocast there); default it to what the GPU supports instead."""
+    import torch
+
+    if "bf16" in args or "fp16" in args:
+        return args
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return {**args, "bf16": bf16, "fp16": torch.cuda.is_available() and not bf16}
+
+
+def _last_checkpoint(checkpoint_dir: Path) -> str | None:
+    """Latest checkpoint-N directory under checkpoint_dir, or None when training starts fresh."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+
+
+def _peak_memory_mb() -> float:
+    """Peak GPU memory allocated by torch, or on CPU the process's peak resident set size (process lifetime)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _write_metrics(out_dir: Path, name: str, metrics: dict) -> None:
+    """Write metrics as pretty JSON (small, diffable, read by DVC `metrics`)."""
+    (out_dir / name).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[dict] | None, out_dir: str | Path,
+        lora: dict, args: dict, max_seq_length: int = 512, load_in_4bit: bool = False) -> dict:
+    """LoRA-SFT on conversational prompt-completion rows (loss on the completion only); resumes after a kill."""
+    if not train_rows:
+        raise ValueError("no training rows")
+    _check_args(args)
+    train = _check_rows(train_rows, "train")
+    evals = _check_rows(eval_rows or [], "eval")
+    out_dir = Path(out_dir)
+    checkpoint_dir = out_dir / "checkpoints"
+
+    # Model first: on a GPU box this imports unsloth, which must precede trl/transformers.
+    seed = args.get("seed", 42)  # trl's default seed, so unset seeds still reproduce
+    model, tokenizer, backend = load_for_training(model_path, lora, max_seq_length, load_in_4bit, seed=seed)
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    # Loss on the completion only (trl's default for prompt-completion rows too; explicit so it cannot drift).
+    config = SFTConfig(output_dir=str(checkpoint_dir), report_to=[], max_length=max_seq_length,
+                       **{"completion_only_loss": True, **_default_precision(args)})
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(train),
+                         eval_dataset=Dataset.from_list(evals) if evals else None, processing_class=tokenizer)
+
+    resume = _last_checkpoint(checkpoint_dir)
+    start_step = 0
+    if resume:
+        start_step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"]
+        log.info("resuming from %s (step %d)", resume, start_step)
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+
+    adapter_dir = out_dir / "adapter"
+    trainer.save_model(str(adapter_dir))  # a PeftModel saves only the adapter weights + adapter_config.json
+    tokenizer.save_pretrained(str(adapter_dir))
+
+    steps = trainer.state.global_step
+    # transformers divides this run's summed loss by the total global step, which under-reports after a resume;
+    # rescale to the mean over the steps actually run in this call.
+    run_steps = steps - start_step
+    train_loss = result.training_loss * steps / run_steps if run_steps > 0 else None  # None: already finished
+    metrics = {
+        "train_loss": train_loss,
+        "steps": steps,
+        "resumed_from_step": start_step,
+        "train_runtime_s": result.metrics["train_runtime"],
+        "samples_per_s": result.metrics["train_samples_per_second"],
+        "backend": backend,
+        "peak_memory_mb": _peak_memory_mb(),
+    }
+    if evals:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+    if train_loss is not None and not math.isfinite(train_loss):
+        log.warning("train loss is not finite: %s", train_loss)
+    _write_metrics(out_dir, "train_metrics.json", metrics)
+    return metrics
