@@ -38,10 +38,14 @@ def choose_k(X: np.ndarray, k_min: int = 2, k_max: int = 10, method: str = "kmea
     n = len(X)
     if n < 3:
         return 1, {}
+    # Duplicate entries (e.g. reposts) cap k at the number of distinct points; all-identical X has no clusters.
+    n_distinct = len(np.unique(X, axis=0))
+    if n_distinct < 2:
+        return 1, {}
     scores: dict[int, float] = {}
-    for k in range(k_min, min(k_max, n - 1) + 1):
+    for k in range(k_min, min(k_max, n - 1, n_distinct) + 1):
         labels = _labels(X, k, method, seed)
-        # Duplicate points can collapse clusters; silhouette needs 2..n-1 distinct labels, so such a k is skipped.
+        # Silhouette needs 2..n-1 distinct labels; a k whose clusters collapsed anyway is skipped.
         if not 2 <= len(np.unique(labels)) <= n - 1:
             continue
         scores[k] = float(silhouette_score(X, labels))

@@ -40,7 +40,7 @@ SCHEMA: dict[str, Any] = {
         "subreddit": str, "after": str, "before": str, "max_items": OPT_INT, "salt_env": str}},
     "cluster": {"jic": {"method": str, "k_min": int, "k_max": int, "min_entries": int, "batch_size": int,
                         "max_seq_length": int, "seed": int}},
-    "classifier": {"backend": str, "source": str, "test_folds": list, "C": NUM, "threshold": NUM,
+    "classifier": {"backend": str, "source": str, "test_folds": list, "max_per_fold": OPT_INT, "C": NUM, "threshold": NUM,
                    "batch_size": int, "max_seq_length": int, "learning_rate": NUM,
                    "per_device_train_batch_size": int, "num_train_epochs": NUM, "seed": int},
     "filter": {"jic": {"alpha": OPT_FLOAT, "beta": NUM, "alphas": list, "betas": list, "min_entries": int,
@@ -86,7 +86,13 @@ def active_profile() -> str:
 def load(profile: str | None = None, check_files: bool = True) -> dict:
     """Read and validate a profile's params; raise ParamsError naming file and key on any problem."""
     profile = profile or active_profile()
-    path = profile_path(profile)
+    cfg = load_file(profile_path(profile), check_files)
+    cfg["_profile"] = profile
+    return cfg
+
+
+def load_file(path: Path, check_files: bool = True) -> dict:
+    """Validate one params file against SCHEMA and CHOICES (and that the files it names exist)."""
     cfg = _read_yaml(path)
     _validate(cfg, SCHEMA, path, ())
     for key_path, allowed in CHOICES.items():
@@ -95,7 +101,6 @@ def load(profile: str | None = None, check_files: bool = True) -> dict:
             raise ParamsError(f"{_rel(path)}: {'.'.join(key_path)} = {value!r}; expected one of {allowed}")
     if check_files:
         _check_files(cfg, SCHEMA, path, ())
-    cfg["_profile"] = profile
     return cfg
 
 
@@ -155,7 +160,7 @@ def _validate(node: Any, schema: Any, path: Path, keys: tuple) -> None:
     where = f"{_rel(path)}: {'.'.join(keys)}"
     if isinstance(schema, dict):
         if not isinstance(node, dict):
-            raise ParamsError(f"{where} must be a mapping, got {type(node).__name__}")
+            raise ParamsError(f"{where}: expected a mapping, got {type(node).__name__}")
         for key in node:
             if key not in schema:
                 raise ParamsError(f"{_rel(path)}: unknown key {'.'.join(keys + (key,))}")
@@ -166,7 +171,7 @@ def _validate(node: Any, schema: Any, path: Path, keys: tuple) -> None:
         return
     if schema == ANY_DICT:
         if not isinstance(node, dict):
-            raise ParamsError(f"{where} must be a mapping, got {type(node).__name__}")
+            raise ParamsError(f"{where}: expected a mapping, got {type(node).__name__}")
         return
     expected = str if schema in (PATH, DATA_PATH) else schema
     # bool is an int subclass in Python; a `true` where a number belongs is a typo, not a value

@@ -333,7 +333,7 @@ def clean_entries(records: list[dict], min_words: int = 20, lang: str | None = "
     for rec in records:
         text = rec.get("text")
         if not isinstance(text, str):
-            raise ValueError(f"record {rec.get('id')!r} has no string 'text' field")
+            raise TypeError(f"record {rec.get('id')!r} has no string 'text' field")
         words = text.split()
         norm = " ".join(words)
         if not words:
@@ -342,10 +342,14 @@ def clean_entries(records: list[dict], min_words: int = 20, lang: str | None = "
             reason = "too_short"
         elif norm in seen_texts:
             reason = "duplicate"
-        elif lang is not None and len(words) >= lang_min_words and _detect_language(text) != lang:
-            reason = "non_english" if lang == "en" else f"not_{lang}"
         else:
             reason = None
+            if lang is not None and len(words) >= lang_min_words:
+                detected = _detect_language(text)
+                if detected is None:  # no letters at all, e.g. "0, 0. 0, 0." after digit anonymisation
+                    reason = "undetected_language"
+                elif detected != lang:
+                    reason = "non_english" if lang == "en" else f"not_{lang}"
         if reason is None:
             seen_texts.add(norm)
             kept.append(rec)

@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 _TAIL_CHUNK = 64 * 1024
 
 
+class RecordError(ValueError):
+    """A record file or record that breaks the JSONL store's contract (malformed line, missing or repeated id)."""
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Read a JSONL file of dicts; an unterminated, unparsable last line (a killed write) is ignored."""
     path = Path(path)
@@ -39,9 +43,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
             if unterminated and lineno == len(lines):
                 log.warning("%s: ignoring truncated last line %d (%d bytes)", path, lineno, len(raw))
                 continue
-            raise ValueError(f"{path}:{lineno}: malformed JSON line: {exc}") from None
+            raise RecordError(f"{path}:{lineno}: malformed JSON line: {exc}") from None
         if not isinstance(obj, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
         records.append(obj)
     return records
 
@@ -63,7 +67,7 @@ def _last_newline_offset(f, size: int) -> int:
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one record as a line and fsync it, first cutting a partial last line left by a kill."""
     if not isinstance(record, dict):
-        raise ValueError(f"{path}: record must be a dict, got {type(record).__name__}")
+        raise RecordError(f"{path}: record must be a dict, got {type(record).__name__}")
     line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +94,18 @@ def done_ids(*paths: str | Path) -> set[str]:
         for i, rec in enumerate(read_jsonl(path)):
             rid = rec.get("id")
             if not isinstance(rid, str):
-                raise ValueError(f"{path}: record {i} has no string 'id' (got {rid!r})")
+                raise RecordError(f"{path}: record {i} has no string 'id' (got {rid!r})")
             ids.add(rid)
     return ids
+
+
+def check_ids(records: list[dict]) -> None:
+    """Raise RecordError unless every record has a string "id" and no id repeats (resume relies on both)."""
+    seen: set[str] = set()
+    for n, rec in enumerate(records):
+        rid = rec.get("id")
+        if not isinstance(rid, str):
+            raise RecordError(f"record {n} has no string 'id' (got {rid!r})")
+        if rid in seen:
+            raise RecordError(f"duplicate record id {rid!r}")
+        seen.add(rid)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lib.records import append_jsonl, done_ids
+from lib.records import append_jsonl, check_ids, done_ids
 
 log = logging.getLogger(__name__)
 
@@ -393,8 +393,13 @@ def _accepts_attempt(teacher: Any) -> bool:
 
 
 def generate_validated(chats: list[Messages], parsers: list[Callable[[str], Any]], teacher: Any, sampling: Sampling,
-                       max_repairs: int, repair_prompt: Callable[[str], str], stats: RunStats) -> list[Outcome]:
-    """Generate a reply per chat, parse it, and re-ask (batched) for replies the parser rejects."""
+                       max_repairs: int, repair_prompt: Callable[[str], str], stats: RunStats,
+                       on_final: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
+    """Generate a reply per chat, parse it, and re-ask (batched) for replies the parser rejects.
+
+    `on_final(i, outcome)` is called as soon as chat i is accepted or out of repairs, so callers can
+    write it to disk before the remaining repairs run.
+    """
     chats = [list(m) for m in chats]
     outcomes = [Outcome() for _ in chats]
     pending = list(range(len(chats)))
@@ -416,22 +421,17 @@ def generate_validated(chats: list[Messages], parsers: list[Callable[[str], Any]
             except InvalidReply as exc:
                 out.reason = exc.reason
                 stats.reasons[exc.reason] += 1
-                # The model sees its own bad reply and what was wrong with it.
-                chats[i] += [{"role": "assistant", "content": reply}, {"role": "user", "content": repair_prompt(exc.reason)}]
-                still.append(i)
+                if attempt < max_repairs:
+                    # The model sees its own bad reply and what was wrong with it (a new list: callers'
+                    # and teachers' references to the earlier chat stay as they were).
+                    chats[i] = chats[i] + [{"role": "assistant", "content": reply},
+                                           {"role": "user", "content": repair_prompt(exc.reason)}]
+                    still.append(i)
+                    continue
+            if on_final is not None:
+                on_final(i, out)
         pending = still
     return outcomes
-
-
-def _check_ids(records: Sequence[dict]) -> None:
-    seen: set[str] = set()
-    for n, rec in enumerate(records):
-        rid = rec.get("id")
-        if not isinstance(rid, str):
-            raise ValueError(f"record {n} has no string 'id' (got {rid!r})")
-        if rid in seen:
-            raise ValueError(f"duplicate record id {rid!r}")
-        seen.add(rid)
 
 
 def run_records(records: Sequence[dict], build_messages: Callable[[dict], Messages],
@@ -444,7 +444,7 @@ def run_records(records: Sequence[dict], build_messages: Callable[[dict], Messag
     rejects are {"id", "reason", "reply"} with the last reply.
     """
     t0 = time.perf_counter()
-    _check_ids(records)
+    check_ids(records)
     stats = RunStats()
     done = done_ids(out_path, rejects_path)
     todo = [r for r in records if r["id"] not in done]
@@ -452,17 +452,22 @@ def run_records(records: Sequence[dict], build_messages: Callable[[dict], Messag
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
         parsers = [lambda reply, rec=rec: parse(rec, reply) for rec in batch]
-        outcomes = generate_validated([build_messages(r) for r in batch], parsers, teacher, sampling, max_repairs,
-                                      repair_prompt, stats)
-        for rec, out in zip(batch, outcomes):
+
+        def write(i: int, out: Outcome, batch: list[dict] = batch) -> None:
+            rid = batch[i]["id"]
             if out.ok:
+                if not isinstance(out.value, dict):
+                    raise TypeError(f"parse() must return a dict, got {type(out.value).__name__} for record {rid!r}")
                 value = {k: v for k, v in out.value.items() if k not in ("id", "repairs")}
-                append_jsonl(out_path, {"id": rec["id"], **value, "repairs": out.repairs})
+                append_jsonl(out_path, {"id": rid, **value, "repairs": out.repairs})
                 stats.accepted += 1
                 stats.repaired += out.repairs > 0
             else:
-                append_jsonl(rejects_path, {"id": rec["id"], "reason": out.reason, "reply": out.reply})
+                append_jsonl(rejects_path, {"id": rid, "reason": out.reason, "reply": out.reply})
                 stats.rejected += 1
+
+        generate_validated([build_messages(r) for r in batch], parsers, teacher, sampling, max_repairs, repair_prompt,
+                           stats, on_final=write)
         log.info("run_records: %d/%d done (accepted %d, rejected %d)", start + len(batch), len(todo),
                  stats.accepted, stats.rejected)
     stats.elapsed_s = time.perf_counter() - t0

@@ -74,6 +74,45 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+class _TorchLogProbHead:
+    """Plain-torch stand-in for trl's Triton `ChunkedLogProbFunction` (same arguments and outputs).
+
+    trl 1.15's SFTTrainer always computes the loss through a fused LM head whose kernel needs Triton and a GPU; on a
+    CPU-only torch the kernel is None and training crashes. This materializes the logits of the supervised tokens
+    only (the caller already masked out the prompt), which costs memory but is exact, and autograd gives the backward.
+    """
+
+    @staticmethod
+    def apply(hidden, weight, bias, targets, temperature, chunk_size, final_logit_softcapping=None,
+              logit_scale=1.0, outputs=("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")):
+        import torch
+
+        logits = torch.nn.functional.linear(hidden, weight, bias).float() * logit_scale
+        if final_logit_softcapping is not None:
+            logits = final_logit_softcapping * torch.tanh(logits / final_logit_softcapping)
+        logits = logits / temperature
+        logp = torch.log_softmax(logits, dim=-1)
+        log_probs = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        entropy = -(logp.exp() * logp).sum(-1) if "entropy" in outputs else None
+        log_sum_sq = torch.logsumexp(2 * logp, dim=-1).detach() if "log_sum_sq_probs" in outputs else None
+        mean_logits = logits.mean(-1).detach() if "mean_logits" in outputs else None
+        # argmax returns the first maximum, matching the kernel's tie rule (target strictly above earlier logits)
+        is_top1 = (logits.argmax(-1) == targets) if "is_top1" in outputs else None
+        return log_probs, entropy, log_sum_sq, mean_logits, is_top1
+
+
+def _ensure_logprob_head() -> None:
+    """Install the plain-torch LM-head loss when trl's Triton kernel is unavailable (CPU-only torch)."""
+    import trl.trainer.utils as trl_utils
+
+    if not hasattr(trl_utils, "_ChunkedLogProbFunction"):
+        raise RuntimeError("trl.trainer.utils._ChunkedLogProbFunction is gone (trl upgraded?); revisit "
+                           "lib.train._ensure_logprob_head, which CPU training relies on")
+    if trl_utils._ChunkedLogProbFunction is None:
+        log.info("trl's Triton LM-head kernel is unavailable; using the plain-torch fallback")
+        trl_utils._ChunkedLogProbFunction = _TorchLogProbHead
+
+
 def _write_metrics(out_dir: Path, name: str, metrics: dict) -> None:
     """Write metrics as pretty JSON (small, diffable, read by DVC `metrics`)."""
     (out_dir / name).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -95,6 +134,8 @@ def sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[dict] | 
     model, tokenizer, backend = load_for_training(model_path, lora, max_seq_length, load_in_4bit, seed=seed)
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
+
+    _ensure_logprob_head()
 
     # Loss on the completion only (trl's default for prompt-completion rows too; explicit so it cannot drift).
     config = SFTConfig(output_dir=str(checkpoint_dir), report_to=[], max_length=max_seq_length,

@@ -1,0 +1,256 @@
+"""JIC dialogue synthesis: a teacher LLM writes short two-person conversations from two authors' journals.
+
+Two modes, same output:
+
+- `whole` (the paper): one teacher call writes all `n_turns` utterances from a prompt template (fields
+  {name_a} {name_b} {journal_a} {journal_b} {n_turns} {max_words}); `parse_dialogue` validates the reply.
+- `turn` (for tiny local teachers that cannot write 9 well-formed lines in one go): the teacher writes one
+  utterance at a time as the current speaker (template fields {speaker} {other} {journal} {history}
+  {max_words}); `parse_utterance` cleans each reply. Turn t of every dialogue in a batch is one teacher call.
+
+Invalid replies raise `InvalidReply` with a short reason ("turn_count", "speaker_order", "empty",
+"too_long") and are sent back to the teacher for repair; dialogues that stay invalid go to the rejects file.
+
+    stats = synthesize_dialogues(pairs, "whole", make_teacher(cfg), Sampling(temperature=1.0, seed=0),
+                                 "data/dialogues.jsonl", "data/dialogue_rejects.jsonl",
+                                 template=Path("params/prompts/jic_whole.txt").read_text(),
+                                 system_prompt=Path("params/prompts/jic_system.txt").read_text())
+
+Each pair is {"id", "author_a", "author_b", "journal_a", "journal_b"} plus optional display names
+"name_a"/"name_b" (default "A"/"B"); each output is {"id", "author_a", "author_b", "turns": [{"speaker":
+"A"|"B", "author", "text"}, ...], "repairs"}.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lib.records import RecordError, append_jsonl, check_ids, done_ids
+from lib.teacher import InvalidReply, Messages, RunStats, Sampling, generate_validated, run_records
+
+# Leading list markers: "1.", "2)", "(3)", "-", "*", "•", ">", "Turn 4:".
+_NUMBERING = re.compile(r"^(?:\(?\d{1,3}[.):\]]|[-*•>]|turn\s+\d{1,3}\s*[:.)-]?)\s+", re.IGNORECASE)
+_QUOTES = "\"'“”‘’«»"
+
+
+def _label_regex(names: Sequence[str]) -> re.Pattern:
+    alts = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    # "A: hi", "**A:** hi", "*A*: hi", "[A]: hi", "Speaker A: hi", "A - hi"
+    return re.compile(rf"^[*_\s]*(?:speaker\s+)?[\[(]?({alts})[\])]?[*_]*\s*(?::|\s[-–—]\s)[*_]*\s*(.*)$",
+                      re.IGNORECASE)
+
+
+def _clean_text(text: str) -> str:
+    """Strip surrounding whitespace and matching quote characters."""
+    text = text.strip()
+    while len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
+        text = text[1:-1].strip()
+    if len(text) == 1 and text in _QUOTES:
+        return ""
+    return text
+
+
+def _strip_markup(line: str) -> str:
+    line = _NUMBERING.sub("", line.strip(), count=1)
+    return line.replace("**", "").replace("__", "").strip()
+
+
+def parse_dialogue(text: str, speakers: Sequence[str] = ("A", "B"), n_turns: int = 9,
+                   max_words: int = 20) -> list[dict]:
+    """Utterances of a teacher-written dialogue as [{"speaker", "text"}], or InvalidReply saying what is wrong."""
+    if len(speakers) != 2 or speakers[0].lower() == speakers[1].lower():
+        raise ValueError(f"parse_dialogue needs two distinct speaker names, got {speakers!r}")
+    label = _label_regex(speakers)
+    canonical = {s.lower(): s for s in speakers}
+    turns: list[dict] = []
+    continuable = False  # an unlabeled line right after an utterance continues it (wrapped line)
+    for raw in text.splitlines():
+        if not raw.strip():
+            continuable = False
+            continue
+        line = _strip_markup(raw)
+        m = label.match(line)
+        if m:
+            if len(turns) == n_turns:
+                break  # extra lines after a complete dialogue are cut
+            turns.append({"speaker": canonical[m.group(1).lower()], "text": m.group(2)})
+            continuable = True
+        elif continuable and turns:
+            turns[-1]["text"] += " " + line
+        # else: preamble or commentary ("Here is the conversation:"), not part of the dialogue
+    if len(turns) < n_turns:
+        raise InvalidReply("turn_count", f"{len(turns)} utterances, expected {n_turns}")
+    for i, turn in enumerate(turns):
+        turn["text"] = _clean_text(turn["text"])
+        if turn["speaker"] != speakers[i % 2]:
+            raise InvalidReply("speaker_order", f"utterance {i + 1} is by {turn['speaker']}, expected {speakers[i % 2]}")
+        if not turn["text"]:
+            raise InvalidReply("empty", f"utterance {i + 1} is empty")
+        n_words = len(turn["text"].split())
+        if n_words > max_words:
+            raise InvalidReply("too_long", f"utterance {i + 1} has {n_words} words (max {max_words})")
+    return turns
+
+
+def parse_utterance(text: str, max_words: int = 20, labels: Sequence[str] = ("A", "B")) -> str:
+    """One cleaned utterance from a turn-mode reply: first line, without a speaker label or quotes."""
+    label = _label_regex(labels) if labels else None
+    for raw in text.splitlines():
+        line = _strip_markup(raw)
+        if not line:
+            continue
+        m = label.match(line) if label else None
+        if m:
+            line = m.group(2).strip()
+            if not line:
+                continue  # a label alone on its line: the utterance follows on the next one
+        line = _clean_text(line)
+        if not line:
+            raise InvalidReply("empty", "reply has no text")
+        n_words = len(line.split())
+        if n_words > max_words:
+            raise InvalidReply("too_long", f"{n_words} words (max {max_words})")
+        return line
+    raise InvalidReply("empty", "reply has no text")
+
+
+def _names(pair: dict) -> tuple[str, str]:
+    return pair.get("name_a") or "A", pair.get("name_b") or "B"
+
+
+def _check_pairs(pairs: Sequence[dict]) -> None:
+    check_ids(pairs)
+    for pair in pairs:
+        for key in ("author_a", "author_b", "journal_a", "journal_b"):
+            if not isinstance(pair.get(key), str):
+                raise RecordError(f"dialogue pair {pair['id']!r}: missing or non-string {key!r}")
+        a, b = _names(pair)
+        if a.lower() == b.lower():
+            raise ValueError(f"dialogue pair {pair['id']!r}: speaker names must differ, got {a!r} twice")
+
+
+def _check_template(template: str, fields: dict[str, Any]) -> None:
+    try:
+        template.format(**fields)
+    except (KeyError, IndexError) as exc:
+        raise ValueError(f"prompt template uses unknown field {exc}; allowed: {sorted(fields)}") from None
+
+
+def whole_repair_prompt(n_turns: int, max_words: int) -> Callable[[str], str]:
+    """Repair instructions for a whole-dialogue reply, per failure reason."""
+    def prompt(reason: str) -> str:
+        what = {
+            "turn_count": f"It must have exactly {n_turns} utterances, one per line.",
+            "speaker_order": "The first speaker must start and the two speakers must strictly alternate.",
+            "empty": "Every utterance must contain text.",
+            "too_long": f"Every utterance must have at most {max_words} words.",
+        }.get(reason, "It does not follow the required format.")
+        return (f"That conversation is not valid. {what} Write the whole conversation again, one utterance per line "
+                "as \"Name: text\", and nothing else.")
+    return prompt
+
+
+def turn_repair_prompt(max_words: int) -> Callable[[str], str]:
+    """Repair instructions for a single-utterance reply, per failure reason."""
+    def prompt(reason: str) -> str:
+        what = {"empty": "It was empty.", "too_long": f"It was longer than {max_words} words."}.get(reason, "")
+        return f"{what} Reply again with only your next message, on one line, in at most {max_words} words.".strip()
+    return prompt
+
+
+def _history(turns: list[dict], names: tuple[str, str]) -> str:
+    if not turns:
+        return "(nothing yet: you start the conversation)"
+    return "\n".join(f"{names[0 if t['speaker'] == 'A' else 1]}: {t['text']}" for t in turns)
+
+
+def _synthesize_whole(todo: list[dict], teacher: Any, sampling: Sampling, out_path: str | Path,
+                      rejects_path: str | Path, template: str, system_prompt: str, n_turns: int, max_words: int,
+                      max_repairs: int, batch_size: int, repair_prompt: Callable[[str], str]) -> RunStats:
+    def build(pair: dict) -> Messages:
+        name_a, name_b = _names(pair)
+        user = template.format(name_a=name_a, name_b=name_b, journal_a=pair["journal_a"], journal_b=pair["journal_b"],
+                               n_turns=n_turns, max_words=max_words)
+        return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
+
+    def parse(pair: dict, reply: str) -> dict:
+        names = _names(pair)
+        turns = parse_dialogue(reply, speakers=names, n_turns=n_turns, max_words=max_words)
+        out = []
+        for i, t in enumerate(turns):
+            side = "A" if i % 2 == 0 else "B"
+            out.append({"speaker": side, "author": pair["author_a" if side == "A" else "author_b"], "text": t["text"]})
+        return {"author_a": pair["author_a"], "author_b": pair["author_b"], "turns": out}
+
+    return run_records(todo, build, parse, teacher, sampling, out_path, rejects_path, max_repairs=max_repairs,
+                       repair_prompt=repair_prompt, batch_size=batch_size)
+
+
+def _synthesize_turns(todo: list[dict], teacher: Any, sampling: Sampling, out_path: str | Path,
+                      rejects_path: str | Path, template: str, system_prompt: str, n_turns: int, max_words: int,
+                      max_repairs: int, batch_size: int, repair_prompt: Callable[[str], str], stats: RunStats) -> None:
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        turns: list[list[dict]] = [[] for _ in batch]
+        repairs = [0] * len(batch)
+        active = list(range(len(batch)))
+        for t in range(n_turns):
+            side = "A" if t % 2 == 0 else "B"
+            chats, parsers = [], []
+            for i in active:
+                pair = batch[i]
+                names = _names(pair)
+                me, other = (names[0], names[1]) if side == "A" else (names[1], names[0])
+                user = template.format(speaker=me, other=other, journal=pair["journal_a" if side == "A" else "journal_b"],
+                                       history=_history(turns[i], names), max_words=max_words)
+                chats.append([{"role": "system", "content": system_prompt}, {"role": "user", "content": user}])
+                parsers.append(lambda reply, names=names: parse_utterance(reply, max_words, labels=names))
+            outcomes = generate_validated(chats, parsers, teacher, sampling, max_repairs, repair_prompt, stats)
+            still = []
+            for i, out in zip(active, outcomes):
+                pair = batch[i]
+                if out.ok:
+                    author = pair["author_a" if side == "A" else "author_b"]
+                    turns[i].append({"speaker": side, "author": author, "text": out.value})
+                    repairs[i] += out.repairs
+                    still.append(i)
+                else:
+                    append_jsonl(rejects_path, {"id": pair["id"], "reason": out.reason, "reply": out.reply, "turn": t})
+                    stats.rejected += 1
+            active = still
+        for i in active:
+            pair = batch[i]
+            append_jsonl(out_path, {"id": pair["id"], "author_a": pair["author_a"], "author_b": pair["author_b"],
+                                    "turns": turns[i], "repairs": repairs[i]})
+            stats.accepted += 1
+            stats.repaired += repairs[i] > 0
+
+
+def synthesize_dialogues(pairs: Sequence[dict], mode: str, teacher: Any, sampling: Sampling, out_path: str | Path,
+                         rejects_path: str | Path, template: str, system_prompt: str, n_turns: int = 9,
+                         max_words: int = 20, max_repairs: int = 2, batch_size: int = 16,
+                         repair_prompt: Callable[[str], str] | None = None) -> RunStats:
+    """Resumably write one validated dialogue per author pair to out_path (failures to rejects_path)."""
+    if mode not in ("whole", "turn"):
+        raise ValueError(f"synthesize_dialogues: unknown mode {mode!r} (expected 'whole' or 'turn')")
+    _check_pairs(pairs)
+    if mode == "whole":
+        _check_template(template, {"name_a": "A", "name_b": "B", "journal_a": "", "journal_b": "",
+                                   "n_turns": n_turns, "max_words": max_words})
+        return _synthesize_whole(list(pairs), teacher, sampling, out_path, rejects_path, template, system_prompt,
+                                 n_turns, max_words, max_repairs, batch_size,
+                                 repair_prompt or whole_repair_prompt(n_turns, max_words))
+    _check_template(template, {"speaker": "A", "other": "B", "journal": "", "history": "",
+                               "max_words": max_words})
+    t0 = time.perf_counter()
+    stats = RunStats()
+    done = done_ids(out_path, rejects_path)
+    todo = [p for p in pairs if p["id"] not in done]
+    stats.skipped = len(pairs) - len(todo)
+    _synthesize_turns(todo, teacher, sampling, out_path, rejects_path, template, system_prompt, n_turns, max_words,
+                      max_repairs, batch_size, repair_prompt or turn_repair_prompt(max_words), stats)
+    stats.elapsed_s = time.perf_counter() - t0
+    return stats

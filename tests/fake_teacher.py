@@ -1,0 +1,168 @@
+"""An OpenAI-compatible fake teacher endpoint for tests and the `tiny` DVC profile (standard library only).
+
+In tests:
+
+    with FakeTeacherServer(lambda messages: "hi", fail_first=2) as server:
+        OpenAITeacher(server.base_url, "fake-teacher").generate(...)
+        assert server.requests == 3
+
+From the command line (the lead's end-to-end tests start it as a subprocess, serving forever):
+
+    python tests/fake_teacher.py --port 8765 [--delay 0.05]
+
+`scripted_dialogue_reply` answers a whole-dialogue prompt (one mentioning "N turns" or "N-turn", and
+naming the speakers as "between X and Y") with a valid N-turn dialogue, and any other prompt with one
+short utterance; replies are deterministic functions of the chat.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
+
+_WORDS = ("walk", "river", "music", "work", "friends", "coffee", "weekend", "journal", "tired", "happy", "rain",
+          "plans", "book", "garden", "city", "morning")
+
+
+def _pick(seed: bytes, n: int) -> list[str]:
+    digest = hashlib.sha256(seed).digest()
+    return [_WORDS[b % len(_WORDS)] for b in digest[:n]]
+
+
+def _utterance(seed: bytes, i: int) -> str:
+    a, b, c = _pick(seed + str(i).encode(), 3)
+    return f"I keep thinking about {a}, {b} and {c} lately."  # 9 words, well under the 20-word cap
+
+
+def scripted_dialogue_reply(messages: list[dict]) -> str:
+    """A valid dialogue for a whole-dialogue prompt, else one short utterance; deterministic in `messages`."""
+    seed = json.dumps(messages, sort_keys=True).encode()
+    users = [m.get("content", "") for m in messages if m.get("role") == "user"]
+    first = users[0] if users else ""
+    # The instruction follows the journals, so its mentions are the last ones in the prompt.
+    counts = re.findall(r"\b(\d+)[\s-]+turns?\b", first)
+    if not counts:
+        return _utterance(seed, 0)
+    n_turns = int(counts[-1])
+    names = re.findall(r"between\s+(\S+?)\s+and\s+(\S+?)[\s.,:;]", first)
+    a, b = names[-1] if names else ("A", "B")
+    return "\n".join(f"{(a, b)[i % 2]}: {_utterance(seed, i)}" for i in range(n_turns))
+
+
+class FakeTeacherServer:
+    """A /v1/chat/completions endpoint on 127.0.0.1 in a background thread, answering with `reply_fn(messages)`."""
+
+    def __init__(self, reply_fn: Callable[[list[dict]], str] = scripted_dialogue_reply, required_key: str | None = None,
+                 delay_s: float = 0.0, fail_first: int = 0, port: int = 0, model: str = "fake-teacher"):
+        self.reply_fn = reply_fn
+        self.required_key = required_key
+        self.delay_s = delay_s
+        self.fail_first = fail_first
+        self.model = model
+        self.requests = 0           # every POST received, including the ones answered 429 or 401
+        self.in_flight = 0
+        self.max_in_flight = 0      # most requests handled at once, to check client-side concurrency limits
+        self.auth_headers: list[str | None] = []
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # keep test output quiet
+                pass
+
+            def _send(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length)
+                with server._lock:
+                    server.requests += 1
+                    n = server.requests
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    server.auth_headers.append(self.headers.get("Authorization"))
+                try:
+                    if server.delay_s:
+                        time.sleep(server.delay_s)
+                    if self.path.rstrip("/") != "/v1/chat/completions":
+                        return self._send(404, {"error": {"message": f"no route {self.path}"}})
+                    if server.required_key is not None and \
+                            self.headers.get("Authorization") != f"Bearer {server.required_key}":
+                        return self._send(401, {"error": {"message": "invalid api key"}})
+                    if n <= server.fail_first:
+                        return self._send(429, {"error": {"message": "rate limited"}})
+                    try:
+                        messages = json.loads(body)["messages"]
+                    except (ValueError, KeyError, TypeError):
+                        return self._send(400, {"error": {"message": "body needs 'messages'"}})
+                    content = server.reply_fn(messages)
+                    return self._send(200, {"id": f"fake-{n}", "object": "chat.completion", "model": server.model,
+                                            "choices": [{"index": 0, "finish_reason": "stop",
+                                                         "message": {"role": "assistant", "content": content}}]})
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+        return Handler
+
+    def start(self) -> Self:
+        """Serve in a daemon thread."""
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main() -> None:
+    """Serve `scripted_dialogue_reply` forever on the given port."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before each answer")
+    args = parser.parse_args()
+    server = FakeTeacherServer(scripted_dialogue_reply, delay_s=args.delay, port=args.port)
+    print(f"fake teacher serving on {server.base_url}", flush=True)
+    try:
+        server._httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server._httpd.server_close()
+
+
+if __name__ == "__main__":
+    main()

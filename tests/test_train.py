@@ -1,0 +1,102 @@
+"""Tests for lib.train: LoRA SFT on conversational prompt-completion rows, metrics, and resuming from checkpoints."""
+import json
+import logging
+import math
+
+import pytest
+import torch
+
+from lib import models
+from lib.train import _TorchLogProbHead, sft
+
+LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+ARGS = {"per_device_train_batch_size": 2, "learning_rate": 1e-3, "logging_steps": 1, "save_steps": 2,
+        "lr_scheduler_type": "constant", "seed": 0, "gradient_checkpointing": False}
+
+
+def _rows(n: int) -> list[dict]:
+    return [{"id": f"r{i}", "prompt": [{"role": "user", "content": f"How are you, friend {i}?"}],
+             "completion": [{"role": "assistant", "content": "I feel calm and a bit tired, but happy."}]}
+            for i in range(n)]
+
+
+@pytest.fixture(autouse=True)
+def _no_unsloth(monkeypatch):
+    monkeypatch.setattr(models, "unsloth_available", lambda: False)  # same backend on CPU and GPU test boxes
+
+
+def test_no_training_rows(tmp_path, tiny_llama_dir):
+    with pytest.raises(ValueError, match="no training rows"):
+        sft(tiny_llama_dir, [], None, tmp_path, LORA, ARGS)
+
+
+def test_bad_row_names_its_id(tmp_path, tiny_llama_dir):
+    rows = _rows(2)
+    rows[1]["completion"] = [{"role": "user", "content": "oops"}]
+    with pytest.raises(ValueError, match="train row r1: 'completion'"):
+        sft(tiny_llama_dir, rows, None, tmp_path, LORA, ARGS)
+
+
+def test_reserved_args_rejected(tmp_path, tiny_llama_dir):
+    with pytest.raises(ValueError, match="'max_length'.*max_seq_length"):
+        sft(tiny_llama_dir, _rows(2), None, tmp_path, LORA, {**ARGS, "max_length": 64})
+
+
+def test_sft_writes_adapter_and_metrics(tmp_path, tiny_llama_dir):
+    metrics = sft(tiny_llama_dir, _rows(8), _rows(2), tmp_path, LORA, {**ARGS, "max_steps": 4}, max_seq_length=64)
+    assert metrics["steps"] == 4 and metrics["resumed_from_step"] == 0 and metrics["backend"] == "transformers"
+    assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["eval_loss"])
+    # random-init model over a vocabulary of ~500 tokens: loss near ln(V) before training
+    assert 3.0 < metrics["train_loss"] < 8.0
+    assert metrics["peak_memory_mb"] > 0 and metrics["train_runtime_s"] > 0 and metrics["samples_per_s"] > 0
+    assert json.loads((tmp_path / "train_metrics.json").read_text()) == metrics
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "adapter" / "tokenizer_config.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_sft_resumes_from_latest_checkpoint(tmp_path, tiny_llama_dir, caplog):
+    from safetensors.torch import load_file, save_file
+
+    first = sft(tiny_llama_dir, _rows(8), None, tmp_path, LORA, {**ARGS, "max_steps": 2}, max_seq_length=64)
+    assert first["steps"] == 2 and (tmp_path / "checkpoints" / "checkpoint-2").is_dir()
+    # Mark the checkpoint: a resumed run continues from these lora_B values, a fresh one starts from lora_B = 0.
+    ckpt = tmp_path / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors"
+    weights = {k: (torch.full_like(v, 0.5) if "lora_B" in k else v) for k, v in load_file(ckpt).items()}
+    save_file(weights, ckpt)
+
+    with caplog.at_level(logging.INFO, logger="lib.train"):
+        second = sft(tiny_llama_dir, _rows(8), None, tmp_path, LORA, {**ARGS, "max_steps": 4}, max_seq_length=64)
+    assert second["steps"] == 4 and second["resumed_from_step"] == 2
+    assert "resuming from" in caplog.text and "checkpoint-2 (step 2)" in caplog.text
+    assert (tmp_path / "checkpoints" / "checkpoint-4").is_dir()
+    state = json.loads((tmp_path / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4]
+    final_b = [v for k, v in load_file(tmp_path / "adapter" / "adapter_model.safetensors").items() if "lora_B" in k]
+    # Adam moves each weight by about lr (1e-3) per step: 2 steps from 0.5 stay within 0.01; a fresh start is ~0.
+    assert len(final_b) == 4 and all(torch.allclose(b, torch.full_like(b, 0.5), atol=0.01) for b in final_b)
+
+    # Already at max_steps: nothing left to run, and the loss is reported as unknown rather than a fake number.
+    third = sft(tiny_llama_dir, _rows(8), None, tmp_path, LORA, {**ARGS, "max_steps": 4}, max_seq_length=64)
+    assert third["steps"] == 4 and third["resumed_from_step"] == 4 and third["train_loss"] is None
+
+
+def test_torch_logprob_head_matches_reference():
+    torch.manual_seed(0)
+    hidden = torch.randn(5, 8, requires_grad=True)
+    weight = torch.randn(11, 8)
+    targets = torch.tensor([0, 3, 10, 7, 3])
+    logp, entropy, log_sum_sq, mean_logits, is_top1 = _TorchLogProbHead.apply(
+        hidden, weight, None, targets, 2.0, 4096, None, 1.0, ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1"))
+    logits = hidden @ weight.T / 2.0
+    ref_logp = torch.log_softmax(logits, -1)
+    assert torch.allclose(logp, -torch.nn.functional.cross_entropy(logits, targets, reduction="none"), atol=1e-5)
+    assert torch.allclose(entropy, -(ref_logp.exp() * ref_logp).sum(-1), atol=1e-5)
+    assert torch.allclose(log_sum_sq, torch.log((ref_logp.exp() ** 2).sum(-1)), atol=1e-5)
+    assert torch.allclose(mean_logits, logits.mean(-1), atol=1e-5)
+    assert torch.equal(is_top1, logits.argmax(-1) == targets)
+    (-logp.sum()).backward()
+    assert hidden.grad is not None and hidden.grad.abs().sum() > 0
+    only = _TorchLogProbHead.apply(hidden, weight, None, targets, 1.0, 4096, None, 1.0, ())
+    assert only[1:] == (None, None, None, None)
