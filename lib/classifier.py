@@ -122,8 +122,13 @@ class TraitClassifier:
 
     def _fit_finetune(self, texts: list[str], y: np.ndarray) -> None:
         import torch
-        from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                                  Trainer, TrainingArguments)
+        from transformers import (
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+            DataCollatorWithPadding,
+            Trainer,
+            TrainingArguments,
+        )
 
         torch.manual_seed(self.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(self.encoder_path)
@@ -247,4 +252,4 @@ def evaluate_classifier(y_true, y_prob, threshold: float = 0.5, y_train=None) ->
         }
     mean = {k: float(np.mean([per_trait[t][k] for t in TRAITS])) for k in ("accuracy", "f1_macro", "majority_accuracy")}
     return {"per_trait": per_trait, "mean": mean, "threshold": threshold, "majority_source": source,
-            "n": int(len(y_true))}
+            "n": len(y_true)}

@@ -126,6 +126,8 @@ def _drop_reason(post: dict) -> str | None:
     """Why a submission cannot be a journal entry, or None if it can."""
     author = post.get("author")
     selftext = post.get("selftext")
+    if not post.get("id"):
+        return "missing_id"
     if author == "AutoModerator":
         return "automoderator"
     if not author or author == "[deleted]":

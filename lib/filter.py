@@ -94,7 +94,7 @@ def alpha_beta_filter(author_ids, P, alpha: float | None, beta: float, min_entri
             reasons["beta"] += n_left
             keep[rows] = False
     stats = {
-        "n_entries_in": int(len(P)), "n_entries_out": int(keep.sum()),
+        "n_entries_in": len(P), "n_entries_out": int(keep.sum()),
         "n_authors_in": len(authors), "n_authors_out": len(kept_authors),
         "reasons": reasons, "author_deviation": author_dev,
         "constant_traits": [int(j) for j in np.nonzero(~informative)[0]],
@@ -110,7 +110,8 @@ def grid(author_ids, P, alphas, betas, min_entries: int = 1) -> pd.DataFrame:
     for alpha in alphas:
         for beta in betas:
             _, st = alpha_beta_filter(author_ids, P, alpha, beta, min_entries)
-            rows.append({"alpha": alpha, "beta": beta, "n_entries": st["n_entries_out"],
+            # alpha=None (disabled) is recorded as inf, which means the same and survives pandas' float column.
+            rows.append({"alpha": math.inf if alpha is None else alpha, "beta": beta, "n_entries": st["n_entries_out"],
                          "n_authors": st["n_authors_out"]})
     return pd.DataFrame(rows, columns=["alpha", "beta", "n_entries", "n_authors"])
 

