@@ -1,9 +1,11 @@
 """Throughput of LocalTeacher: batched generation vs one prompt at a time, on the same prompts in one run.
 
 Batching is what makes a CPU/GPU local teacher usable for thousands of dialogues; the goal is >= 3x
-tokens/s at batch size 8-16. Greedy decoding, so both runs generate (nearly) the same tokens.
+tokens/s at batch size 8-16. Greedy decoding, so both runs generate (nearly) the same tokens. On a
+machine whose cores are busy with other jobs, pass --threads 1: oversubscribed torch threads spin and
+can make generation ~8x slower.
 
-    .venv/bin/python benchmarks/teacher_batching.py --model /tmp/smol --n-prompts 16 --max-new-tokens 48 \
+    .venv/bin/python benchmarks/teacher_batching.py --model /tmp/smol --n-prompts 16 --max-new-tokens 48 --threads 1 \
         --out reports/metrics/teacher_batching.json
 """
 from __future__ import annotations
@@ -56,11 +58,15 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads; 1 is much faster when the cores are shared with other jobs")
     parser.add_argument("--out", default=str(ROOT / "reports/metrics/teacher_batching.json"))
     args = parser.parse_args()
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     teacher = LocalTeacher(args.model, batch_size=args.batch_size, device=args.device)
     prompts = make_prompts(args.n_prompts)
     sampling = Sampling(temperature=0.0, max_new_tokens=args.max_new_tokens)

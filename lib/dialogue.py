@@ -5,8 +5,9 @@ Two modes, same output:
 - `whole` (the paper): one teacher call writes all `n_turns` utterances from a prompt template (fields
   {name_a} {name_b} {journal_a} {journal_b} {n_turns} {max_words}); `parse_dialogue` validates the reply.
 - `turn` (for tiny local teachers that cannot write 9 well-formed lines in one go): the teacher writes one
-  utterance at a time as the current speaker (template fields {speaker} {other} {journal} {history}
-  {max_words}); `parse_utterance` cleans each reply. Turn t of every dialogue in a batch is one teacher call.
+  utterance at a time as the current speaker (persona template fields {speaker} {other} {journal}
+  {max_words}, appended to the system prompt; the dialogue so far is the chat, the speaker's own turns as
+  `assistant` and the other's as `user`); `parse_utterance` cleans each reply. Turn t of every dialogue in a batch is one teacher call.
 
 Invalid replies raise `InvalidReply` with a short reason ("turn_count", "speaker_order", "empty",
 "too_long") and are sent back to the teacher for repair; dialogues that stay invalid go to the rejects file.
@@ -112,9 +113,30 @@ def parse_utterance(text: str, max_words: int = 20, labels: Sequence[str] = ("A"
             raise InvalidReply("empty", "reply has no text")
         n_words = len(line.split())
         if n_words > max_words:
-            raise InvalidReply("too_long", f"{n_words} words (max {max_words})")
+            # Small teachers ramble on after a good first sentence: keep the whole sentences that fit.
+            fitting = _sentences_within(line, max_words)
+            if not fitting:
+                raise InvalidReply("too_long", f"{n_words} words (max {max_words}) and no sentence ends within")
+            return fitting
         return line
     raise InvalidReply("empty", "reply has no text")
+
+
+def _sentences_within(text: str, max_words: int, min_words: int = 3) -> str:
+    """The longest run of complete sentences from the start of `text` with at most `max_words` words, or ''."""
+    words = text.split()[:max_words + 1]
+    for end in range(min(max_words, len(words)), min_words - 1, -1):
+        if re.search(r"[.!?][\"')\]]*$", words[end - 1]):
+            return " ".join(words[:end])
+    return ""
+
+
+def _fresh(utterance: str, said: list[dict]) -> str:
+    """Refuse an utterance that repeats an earlier turn word for word (small teachers copy the history)."""
+    norm = " ".join(re.findall(r"\w+", utterance.lower()))
+    if any(norm == " ".join(re.findall(r"\w+", t["text"].lower())) for t in said):
+        raise InvalidReply("repeats", "repeats an earlier turn of the dialogue")
+    return utterance
 
 
 def _names(pair: dict) -> tuple[str, str]:
@@ -156,15 +178,28 @@ def whole_repair_prompt(n_turns: int, max_words: int) -> Callable[[str], str]:
 def turn_repair_prompt(max_words: int) -> Callable[[str], str]:
     """Repair instructions for a single-utterance reply, per failure reason."""
     def prompt(reason: str) -> str:
-        what = {"empty": "It was empty.", "too_long": f"It was longer than {max_words} words."}.get(reason, "")
+        what = {"empty": "It was empty.", "too_long": f"It was longer than {max_words} words.",
+                "repeats": "It repeated an earlier message."}.get(reason, "")
         return f"{what} Reply again with only your next message, on one line, in at most {max_words} words.".strip()
     return prompt
 
 
-def _history(turns: list[dict], names: tuple[str, str]) -> str:
+# The opening turn has no message to answer; the speaker is asked for one instead.
+OPENER = "Write your first message to {other}."
+
+
+def _turn_chat(system_prompt: str, persona: str, turns: list[dict], side: str, other: str) -> Messages:
+    """The chat seen by the speaker of the next turn: its turns are `assistant`, the other speaker's are `user`.
+
+    Chat models answer a conversation far more naturally as one of its roles than when asked to continue a
+    transcript, which small models mostly echo.
+    """
+    messages = [{"role": "system", "content": f"{system_prompt.strip()}\n\n{persona.strip()}"}]
     if not turns:
-        return "(nothing yet: you start the conversation)"
-    return "\n".join(f"{names[0 if t['speaker'] == 'A' else 1]}: {t['text']}" for t in turns)
+        return messages + [{"role": "user", "content": OPENER.format(other=other)}]
+    for t in turns:
+        messages.append({"role": "assistant" if t["speaker"] == side else "user", "content": t["text"]})
+    return messages
 
 
 def _synthesize_whole(todo: list[dict], teacher: Any, sampling: Sampling, out_path: str | Path,
@@ -204,10 +239,11 @@ def _synthesize_turns(todo: list[dict], teacher: Any, sampling: Sampling, out_pa
                 pair = batch[i]
                 names = _names(pair)
                 me, other = (names[0], names[1]) if side == "A" else (names[1], names[0])
-                user = template.format(speaker=me, other=other, journal=pair["journal_a" if side == "A" else "journal_b"],
-                                       history=_history(turns[i], names), max_words=max_words)
-                chats.append([{"role": "system", "content": system_prompt}, {"role": "user", "content": user}])
-                parsers.append(lambda reply, names=names: parse_utterance(reply, max_words, labels=names))
+                persona = template.format(speaker=me, other=other, max_words=max_words,
+                                          journal=pair["journal_a" if side == "A" else "journal_b"])
+                chats.append(_turn_chat(system_prompt, persona, turns[i], side, other))
+                parsers.append(lambda reply, names=names, said=turns[i]: _fresh(parse_utterance(reply, max_words,
+                                                                                             labels=names), said))
             outcomes = generate_validated(chats, parsers, teacher, sampling, max_repairs, repair_prompt, stats)
             still = []
             for i, out in zip(active, outcomes):
@@ -243,8 +279,7 @@ def synthesize_dialogues(pairs: Sequence[dict], mode: str, teacher: Any, samplin
         return _synthesize_whole(list(pairs), teacher, sampling, out_path, rejects_path, template, system_prompt,
                                  n_turns, max_words, max_repairs, batch_size,
                                  repair_prompt or whole_repair_prompt(n_turns, max_words))
-    _check_template(template, {"speaker": "A", "other": "B", "journal": "", "history": "",
-                               "max_words": max_words})
+    _check_template(template, {"speaker": "A", "other": "B", "journal": "", "max_words": max_words})
     t0 = time.perf_counter()
     stats = RunStats()
     done = done_ids(out_path, rejects_path)

@@ -32,7 +32,7 @@ def load_encoder(model_path: str):
     model = SentenceTransformer(str(path), device=_device(), local_files_only=True)
     if not (path / "modules.json").exists():
         modes = [getattr(m, "pooling_mode", None) for m in model]
-        if "mean" not in modes and ("mean",) not in modes and ["mean"] not in modes:
+        if "mean" not in modes:
             raise ValueError(f"{model_path}: expected mean pooling for a plain encoder, got modules {modes}")
     return model
 

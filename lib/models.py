@@ -148,10 +148,32 @@ def convert_gguf_to_hf(gguf_path: str | Path, out_dir: str | Path) -> Path:
         model.is_quantized = False
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+        _align_special_tokens(tok, model.config)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
 
     return _atomic_dir(out_dir, write)
+
+
+def _align_special_tokens(tokenizer, config) -> None:
+    """Copy bos/eos/pad ids from the model config onto the tokenizer where they disagree.
+
+    transformers 5.17 builds SmolLM2's tokenizer from GGUF with eos = <|im_start|> (id 1) although the GGUF metadata
+    and the parsed model config say <|im_end|> (id 2); trl then "aligns" the model to the wrong eos. The model config
+    is the one read correctly, so it wins; each change is logged.
+    """
+    for role in ("bos", "eos", "pad"):
+        wanted = getattr(config, f"{role}_token_id", None)
+        if isinstance(wanted, list):
+            wanted = wanted[0]
+        if wanted is None or getattr(tokenizer, f"{role}_token_id") == wanted:
+            continue
+        if not 0 <= wanted < len(tokenizer):
+            raise ValueError(f"model config {role}_token_id={wanted} is outside the tokenizer vocabulary")
+        token = tokenizer.convert_ids_to_tokens(wanted)
+        log.warning("tokenizer %s_token %r disagrees with model config id %d; setting it to %r",
+                    role, getattr(tokenizer, f"{role}_token"), wanted, token)
+        setattr(tokenizer, f"{role}_token", token)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -319,7 +319,12 @@ class CachedTeacher:
 
 
 def make_teacher(cfg: dict) -> CachedTeacher:
-    """Build the configured teacher wrapped in its response cache."""
+    """Build the configured teacher wrapped in its response cache.
+
+    Keys: backend ("local" | "openai"), model (a directory for local, the served model name for openai),
+    cache_path, and optionally base_url, api_key_env, batch_size, device, max_concurrency, max_retries,
+    backoff_s, timeout_s.
+    """
     backend = cfg.get("backend")
     for key in ("model", "cache_path"):
         if not cfg.get(key):
@@ -330,7 +335,8 @@ def make_teacher(cfg: dict) -> CachedTeacher:
         if not cfg.get("base_url"):
             raise ValueError("teacher config: backend 'openai' needs 'base_url'")
         teacher = OpenAITeacher(cfg["base_url"], cfg["model"], api_key_env=cfg.get("api_key_env", "TEACHER_API_KEY"),
-                                max_concurrency=cfg.get("max_concurrency", 8), max_retries=cfg.get("max_retries", 5))
+                                max_concurrency=cfg.get("max_concurrency", 8), max_retries=cfg.get("max_retries", 5),
+                                backoff_s=cfg.get("backoff_s", 1.0), timeout_s=cfg.get("timeout_s", 120.0))
     else:
         raise ValueError(f"teacher config: unknown backend {backend!r} (expected 'local' or 'openai')")
     return CachedTeacher(teacher, ResponseCache(cfg["cache_path"]))

@@ -192,10 +192,13 @@ class TurnStub:
         self.calls.append(prompts)
         out = []
         for m in prompts:
-            user = m[1]["content"]
-            speaker = user.split("You are ")[1].split(".")[0]
-            t = sum(line.startswith(("A: ", "B: ")) for line in user.splitlines())  # turns so far
-            if "1 miles" in user and t == 2 and len(m) == 2:
+            user = m[0]["content"]  # system prompt + persona
+            speaker = user.split("You are ")[1].split(",")[0]
+            t = sum(x["role"] in ("user", "assistant") for x in m[1:])  # turns so far (the opener counts as none)
+            t = 0 if m[1]["content"].startswith("Write your first message") else t
+            repaired = m[-1]["role"] == "user" and "Reply again" in m[-1]["content"]
+            t -= 2 if repaired else 0  # a repair appends the bad reply and the instruction
+            if "1 miles" in user and t == 2 and not repaired:
                 out.append(" ".join(["long"] * 30))
             elif "2 meetings" in user and t == 1:
                 out.append("")
@@ -217,8 +220,10 @@ def test_turn_mode_batches_turns_repairs_and_rejects(tmp_path):
     assert recs["p0"]["repairs"] == 0 and recs["p1"]["repairs"] == 1
     check_dialogue(recs["p1"], PAIRS[1], n_turns=4)
     assert read_jsonl(rej) == [{"id": "p2", "reason": "empty", "reply": "", "turn": 1}]
-    # The history shown at turn 2 holds the first two utterances with the speakers' names.
-    assert "A: A says 0\nB: B says 1" in stub.calls[3][0][1]["content"]
+    # At turn 2 speaker A sees its own turn as assistant and B's as user, after the system prompt.
+    assert [(m["role"], m["content"]) for m in stub.calls[3][0][1:]] == [("assistant", "A says 0"),
+                                                                        ("user", "B says 1")]
+    assert stub.calls[0][0][1] == {"role": "user", "content": "Write your first message to B."}
     # Resume: nothing left to do.
     again = TurnStub()
     stats = synthesize_dialogues(PAIRS, "turn", again, Sampling(), out, rej, TURN, SYSTEM, n_turns=4, max_repairs=1)
@@ -257,3 +262,25 @@ def test_fake_teacher_cli_serves_dialogues(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_parse_utterance_keeps_whole_sentences_that_fit():
+    text = "I love rain. It reminds me of " + "many " * 20 + "things."
+    assert parse_utterance(text, max_words=10) == "I love rain."
+    with pytest.raises(InvalidReply, match="too_long"):
+        parse_utterance("Hi. " + "and " * 30, max_words=10)  # no sentence of >= 3 words ends within the cap
+
+
+class ParrotStub:
+    name = "parrot"
+
+    def generate(self, prompts, sampling):
+        return ["Same old thing again." for _ in prompts]
+
+
+def test_turn_mode_rejects_an_utterance_that_repeats_the_history(tmp_path):
+    stats = synthesize_dialogues(PAIRS[:1], "turn", ParrotStub(), Sampling(), tmp_path / "o.jsonl",
+                                 tmp_path / "r.jsonl", TURN, SYSTEM, n_turns=4, max_repairs=1)
+    assert (stats.accepted, stats.rejected) == (0, 1) and stats.reasons == {"repeats": 2}
+    assert read_jsonl(tmp_path / "r.jsonl") == [{"id": "p0", "reason": "repeats", "reply": "Same old thing again.",
+                                                 "turn": 1}]

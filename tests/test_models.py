@@ -269,3 +269,19 @@ def test_cli_prepare_tiny(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(tmp_path / "t")
     assert json.loads((tmp_path / "t" / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_align_special_tokens_follows_model_config(tiny_llama_dir, caplog):
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    config = AutoConfig.from_pretrained(tiny_llama_dir)
+    tok.eos_token = "<|im_start|>"  # the GGUF tokenizer bug: eos points at the turn-start token
+    tok.pad_token = None
+    models._align_special_tokens(tok, config)
+    assert (tok.eos_token, tok.pad_token, tok.bos_token) == ("<|im_end|>", "<pad>", "<|im_start|>")
+    assert "eos_token '<|im_start|>' disagrees" in caplog.text
+    config.eos_token_id = 10_000
+    tok.eos_token = "<|im_start|>"
+    with pytest.raises(ValueError, match="eos_token_id=10000 is outside"):
+        models._align_special_tokens(tok, config)

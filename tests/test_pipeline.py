@@ -1,0 +1,154 @@
+"""The whole DAG on the `tiny` profile through `dvc repro`, in a temporary copy of the repository.
+
+The teacher is tests/fake_teacher.py behind a real HTTP endpoint, so the OpenAI-compatible backend, the
+API-key handling and the record-by-record resumption are exercised exactly as a workstation runs them.
+These tests take a few minutes: they are the proof that a fresh clone's pipeline runs.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fake_teacher import FakeTeacherServer, scripted_dialogue_reply
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "sk-test-" + "9f3c1a7e5b2d4c6e8a0b"  # must never be written anywhere by the pipeline
+pytestmark = pytest.mark.e2e
+
+
+def _tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return [f for f in out.splitlines() if (ROOT / f).is_file()]
+
+
+def _env(tmp_repo: Path) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["TEACHER_API_KEY"] = SECRET
+    env["HF_HUB_OFFLINE"] = "1"
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def _dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=_env(repo), capture_output=True,
+                          text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    with FakeTeacherServer(scripted_dialogue_reply, required_key=SECRET) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory, teacher):
+    """A copy of the working tree (what a fresh clone has), ../shared beside it, the tiny profile switched on."""
+    base = tmp_path_factory.mktemp("clone")
+    repo = base / "repo"
+    for rel in _tracked_files():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, repo / rel)
+    (base / "shared").symlink_to((ROOT.parent / "shared").resolve())
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    (repo / "params.yaml").write_text(re.sub(r"(?m)^profile: \w+", "profile: tiny", (repo / "params.yaml").read_text()))
+    tiny = repo / "params" / "tiny.yaml"
+    tiny.write_text(tiny.read_text().replace("http://127.0.0.1:8765/v1", teacher.base_url))
+    return repo
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_repo):
+    t0 = time.perf_counter()
+    proc = _dvc(tiny_repo, "repro")
+    return tiny_repo, proc, time.perf_counter() - t0
+
+
+def test_tiny_dag_runs_end_to_end(tiny_run, teacher):
+    repo, proc, seconds = tiny_run
+    ran = re.findall(r"Running stage '([^']+)'", proc.stdout)
+    assert set(ran) == {"00_models", "01_scrape@jic", "02_cluster@jic", "03_classifier", "04_filter@jic",
+                        "06_synthesize@jic", "08_sft@jic_lora", "08_sft@jic_raft", "11_generate@jic", "12_eval@jic"}
+    assert "up to date" in _dvc(repo, "status").stdout.lower() or _dvc(repo, "status").stdout.strip() == ""
+    synth = json.loads((repo / "reports/metrics/06_synthesize_jic.json").read_text())
+    assert synth["dialogues"] == synth["pairs"] > 0 and synth["acceptance_rate"] == 1.0
+    assert teacher.auth_headers and set(teacher.auth_headers) == {f"Bearer {SECRET}"}
+    ev = json.loads((repo / "reports/metrics/12_eval_jic.json").read_text())
+    assert set(ev["overlap"]) == {"base", "lora", "raft"}
+    assert set(ev["trait_capture"]) == {"base", "lora", "raft", "reference (teacher)"}
+    for name in ("02_cluster_jic", "03_classifier", "04_filter_jic", "12_eval_jic"):
+        assert (repo / "figures" / f"{name}.png").stat().st_size > 1000
+    assert (repo / "reports/tables/12_eval_jic.md").read_text().startswith("# 12_eval · jic (tiny profile)")
+    print(f"tiny DAG: {seconds:.0f} s")
+
+
+def test_api_key_never_written(tiny_run):
+    repo, proc, _ = tiny_run
+    assert SECRET not in proc.stdout + proc.stderr
+    leaks = []
+    for path in repo.rglob("*"):
+        if path.is_file() and ".git" not in path.parts and path.stat().st_size < 50_000_000:
+            if SECRET.encode() in path.read_bytes():
+                leaks.append(str(path.relative_to(repo)))
+    assert leaks == []
+
+
+def test_editing_one_eval_param_reruns_eval_alone(tiny_run):
+    repo, _, _ = tiny_run
+    tiny = repo / "params" / "tiny.yaml"
+    original = tiny.read_text()
+    tiny.write_text(original.replace("    bertscore_layers: 6", "    bertscore_layers: 5"))
+    try:
+        status = _dvc(repo, "status", "--json").stdout
+        assert set(json.loads(status)) == {"12_eval@jic"}
+        ran = re.findall(r"Running stage '([^']+)'", _dvc(repo, "repro").stdout)
+        assert ran == ["12_eval@jic"]
+    finally:
+        tiny.write_text(original)
+        _dvc(repo, "repro")
+
+
+def test_sigkill_mid_synthesis_then_rerun_keeps_every_record_once(tiny_run, teacher):
+    repo, _, _ = tiny_run
+    out = repo / "data/jic/06_synthesize/dialogues.jsonl"
+    pairs = [json.loads(line) for line in (repo / "data/jic/04_filter/pairs.jsonl").read_text().splitlines()]
+    tiny = repo / "params" / "tiny.yaml"
+    original = tiny.read_text()
+    # A new prompt wording (so nothing is cached) served slowly, one pair per batch.
+    (repo / "params/prompts/jic_system.txt").write_text("You write short, casual conversations.\n")
+    tiny.write_text(original.replace("    batch_size: 4\n    max_concurrency", "    batch_size: 1\n    max_concurrency"))
+    teacher.delay_s = 1.0
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "06_synthesize@jic"], cwd=repo,
+                                env=_env(repo), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            lines = out.read_text().splitlines() if out.exists() else []
+            if 1 <= len(lines) < len(pairs):
+                break
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        partial = out.read_text().splitlines()
+        assert 1 <= len(partial) < len(pairs), "the kill did not land mid-run"
+        teacher.delay_s = 0.0
+        _dvc(repo, "repro", "06_synthesize@jic")
+        ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+        assert sorted(ids) == sorted(p["id"] for p in pairs)  # every pair exactly once
+        assert len(ids) == len(set(ids))
+    finally:
+        teacher.delay_s = 0.0
+        tiny.write_text(original)
