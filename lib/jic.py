@@ -108,3 +108,13 @@ def trim_history(rows: list[dict], count_tokens: Callable[[list[dict]], int], ma
             continue
         kept.append(dict(row, prompt=prompt))
     return kept, dropped
+
+
+NAMES = ("Alex", "Sam", "Jordan", "Riley", "Casey", "Morgan", "Taylor", "Jamie", "Robin", "Quinn", "Avery", "Drew")
+
+
+def speaker_names(author_a: str, author_b: str) -> tuple[str, str]:
+    """Two distinct, stable first names for a pair: teachers write livelier dialogue for "Sam" than for "A"."""
+    i = int(hashlib.sha256(author_a.encode()).hexdigest()[:8], 16) % len(NAMES)
+    j = int(hashlib.sha256(author_b.encode()).hexdigest()[:8], 16) % (len(NAMES) - 1)
+    return NAMES[i], NAMES[(i + 1 + j) % len(NAMES)]  # an offset of 1..len-1 never lands on i

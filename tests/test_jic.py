@@ -71,3 +71,11 @@ def test_trim_history_drops_oldest_turns_first_and_counts_misfits():
     assert count(last + kept[-1]["completion"]) <= 7
     kept, dropped = jic.trim_history(rows, count, max_tokens=4)  # sys + 1 turn + target = 5 words: nothing fits
     assert kept == [] and dropped == len(rows)
+
+
+def test_speaker_names_are_distinct_and_stable():
+    pairs = [(f"u{i}", f"u{j}") for i in range(30) for j in range(30) if i != j]
+    names = [jic.speaker_names(a, b) for a, b in pairs]
+    assert all(a != b for a, b in names)
+    assert names == [jic.speaker_names(a, b) for a, b in pairs]
+    assert len({n for pair in names for n in pair}) == len(jic.NAMES)  # every name gets used
