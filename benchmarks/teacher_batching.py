@@ -5,8 +5,8 @@ tokens/s at batch size 8-16. Greedy decoding, so both runs generate (nearly) the
 machine whose cores are busy with other jobs, pass --threads 1: oversubscribed torch threads spin and
 can make generation ~8x slower.
 
-    .venv/bin/python benchmarks/teacher_batching.py --model /tmp/smol --n-prompts 16 --max-new-tokens 48 --threads 1 \
-        --out reports/metrics/teacher_batching.json
+    .venv/bin/python benchmarks/teacher_batching.py --n-prompts 16 --max-new-tokens 48 --batch-size 16
+
 """
 from __future__ import annotations
 
@@ -53,14 +53,14 @@ def timed(teacher: LocalTeacher, prompts: list[list[dict]], sampling: Sampling) 
 def main() -> None:
     """Parse arguments, run both settings, print and write the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "models/base/smollm2-135m-instruct"))
+    parser.add_argument("--model", default=str(ROOT / "models/base/gguf-smollm2"))  # made by stage 00_models
     parser.add_argument("--n-prompts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads; 1 is much faster when the cores are shared with other jobs")
-    parser.add_argument("--out", default=str(ROOT / "reports/metrics/teacher_batching.json"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/teacher_batching.json"))
     args = parser.parse_args()
 
     import torch
