@@ -380,3 +380,44 @@ def require_nonempty(records: list, what: str, hint: str | None = None) -> list:
                         "min_words, sentences_per_entry and max_entries_per_author")
         raise ValueError(f"empty corpus: {what} has no records; {hint}")
     return records
+
+
+# --- PANDORA (paper profile) ----------------------------------------------------------------------------------------
+
+PANDORA_ID = "Fatima0923/Automated-Personality-Prediction"
+_TRAIT_PREFIXES = {"O": "open", "C": "consc", "E": "extra", "A": "agree", "N": "neuro"}
+
+
+def pandora_frame(df: pd.DataFrame, cutoff: float = 40.0, split: str = "") -> pd.DataFrame:
+    """PANDORA rows as columns text, O, C, E, A, N (label = trait score > cutoff, as JIC's classifier)."""
+    cols = {c.lower(): c for c in df.columns}
+    text_col = next((cols[c] for c in ("body", "text", "comment", "post") if c in cols), None)
+    traits = {}
+    for trait, prefix in _TRAIT_PREFIXES.items():
+        found = [c for low, c in cols.items() if low.startswith(prefix)]
+        if len(found) != 1:
+            traits = None
+            break
+        traits[trait] = found[0]
+    if text_col is None or traits is None:
+        raise ValueError(f"PANDORA {split or 'data'}: expected a text column (body/text/comment/post) and one score "
+                         f"column per trait (openness…neuroticism); found {list(df.columns)}")
+    out = pd.DataFrame({"text": df[text_col].astype(str)})
+    for trait, col in traits.items():
+        scores = pd.to_numeric(df[col], errors="coerce")
+        if scores.isna().any():
+            raise ValueError(f"PANDORA {split or 'data'}: column {col!r} has {int(scores.isna().sum())} non-numeric scores")
+        out[trait] = (scores > cutoff).astype(int)
+    return out[out.text.str.strip() != ""].reset_index(drop=True)
+
+
+def load_pandora(dataset_id: str = PANDORA_ID, cutoff: float = 40.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, test) PANDORA frames from the Hugging Face Hub (paper profile; needs internet or a local cache)."""
+    from datasets import load_dataset
+
+    ds = load_dataset(dataset_id)
+    test_split = "test" if "test" in ds else "validation"
+    if "train" not in ds or test_split not in ds:
+        raise ValueError(f"{dataset_id}: expected train and test/validation splits, found {list(ds)}")
+    return (pandora_frame(ds["train"].to_pandas(), cutoff, "train"),
+            pandora_frame(ds[test_split].to_pandas(), cutoff, test_split))

@@ -8,7 +8,8 @@ last utterance the target speaker's journal segments chosen by Maximum Marginal 
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
@@ -60,7 +61,7 @@ def sft_rows(dialogues: list[dict], system_prompt: str, augment: Augment | None 
     return rows
 
 
-def raft_augmenter(journals: dict[str, str], embed_fn: Callable[[list[str]], "np.ndarray"], top_k: int,
+def raft_augmenter(journals: dict[str, str], embed_fn: Callable[[list[str]], np.ndarray], top_k: int,
                    lambda_: float, segment_words: int, template: str | None = None) -> Augment:
     """RAFt: the user's last utterance plus the target author's top-k journal segments chosen by MMR.
 
@@ -70,8 +71,8 @@ def raft_augmenter(journals: dict[str, str], embed_fn: Callable[[list[str]], "np
     from lib.retrieval import DEFAULT_RAFT_TEMPLATE, build_raft_input, mmr
 
     segments = {a: word_segments(t, segment_words) for a, t in journals.items()}
-    seg_vecs: dict[str, "np.ndarray"] = {}
-    query_cache: dict[str, "np.ndarray"] = {}
+    seg_vecs: dict[str, np.ndarray] = {}
+    query_cache: dict[str, np.ndarray] = {}
 
     def augment(author: str, utterance: str) -> str:
         if author not in segments:

@@ -59,11 +59,11 @@ def resumable_dir(path: str | Path, fingerprint: str) -> Path:
     """
     path = Path(path)
     stamp = path / "FINGERPRINT"
-    if path.exists() and any(path.iterdir()):
-        if not stamp.exists() or stamp.read_text().strip() != fingerprint:
-            aside = path.with_name(f"{path.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
-            shutil.move(str(path), aside)
-            print(f"params changed since the last run: moved {path.name} aside to {aside.name}")
+    made_elsewise = not stamp.exists() or stamp.read_text().strip() != fingerprint
+    if path.exists() and any(path.iterdir()) and made_elsewise:
+        aside = path.with_name(f"{path.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(str(path), aside)
+        print(f"params changed since the last run: moved {path.name} aside to {aside.name}")
     path.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint + "\n")
     return path

@@ -63,7 +63,7 @@ def test_raft_augmenter_picks_relevant_segments_by_mmr():
 
 def test_trim_history_drops_oldest_turns_first_and_counts_misfits():
     rows = jic.sft_rows([DIALOGUE], "sys")
-    count = lambda msgs: sum(len(m["content"].split()) for m in msgs)  # noqa: E731  (1 "token" per word)
+    count = lambda msgs: sum(len(m["content"].split()) for m in msgs)
     kept, dropped = jic.trim_history(rows, count, max_tokens=7)
     assert dropped == 0
     last = kept[-1]["prompt"]  # turn 8: system + the latest turns that fit in 7 words with the completion

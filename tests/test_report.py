@@ -1,0 +1,45 @@
+"""Stage plumbing: metrics files, resumable outputs, the notebook runner's paths, which models a profile needs."""
+import json
+import math
+
+import numpy as np
+
+from lib import config, prepare, report, run_notebook
+
+
+def test_write_metrics_rounds_and_cleans(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "METRICS_DIR", tmp_path)
+    path = report.write_metrics("x", {"b": 1 / 3, "a": np.float32(0.5), "nan": math.nan, "n": np.int64(3),
+                                      "nested": {"t": (1.23456789, "s")}})
+    assert json.loads(path.read_text()) == {"a": 0.5, "b": 0.3333, "nan": None, "n": 3,
+                                            "nested": {"t": [1.2346, "s"]}}
+    assert list(json.loads(path.read_text())) == ["a", "b", "n", "nan", "nested"]  # sorted keys: stable diffs
+
+
+def test_resumable_dir_keeps_work_with_same_params_and_sets_stale_work_aside(tmp_path):
+    out = tmp_path / "06_synthesize"
+    report.resumable_dir(out, "aaa")
+    (out / "dialogues.jsonl").write_text('{"id": "1"}\n')
+    report.resumable_dir(out, "aaa")  # same params: resume
+    assert (out / "dialogues.jsonl").read_text() == '{"id": "1"}\n'
+    report.resumable_dir(out, "bbb")  # other params: moved aside, never deleted
+    assert not (out / "dialogues.jsonl").exists() and (out / "FINGERPRINT").read_text().strip() == "bbb"
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("06_synthesize.stale-")]
+    assert len(aside) == 1 and (aside[0] / "dialogues.jsonl").read_text() == '{"id": "1"}\n'
+
+
+def test_versions_names_the_device():
+    info = report.versions()
+    assert info["torch"].startswith("2.13.0") and "device" in info
+
+
+def test_runner_output_path():
+    nb = config.ROOT / "notebooks" / "08_sft.ipynb"
+    assert run_notebook.output_path(nb, "jic", "raft") == config.ROOT / "reports/notebooks/08_sft_jic_raft.ipynb"
+    assert run_notebook.output_path(nb, None, None) == config.ROOT / "reports/notebooks/08_sft.ipynb"
+
+
+def test_prepare_skips_a_teacher_served_by_an_endpoint():
+    assert "teacher" in prepare.roles_to_prepare(config.load("cpu"))     # local SmolLM2 teacher
+    assert "teacher" not in prepare.roles_to_prepare(config.load("tiny"))  # fake endpoint
+    assert "teacher" not in prepare.roles_to_prepare(config.load("paper"))  # vLLM / hosted API
