@@ -97,29 +97,39 @@ def parse_dialogue(text: str, speakers: Sequence[str] = ("A", "B"), n_turns: int
 
 
 def parse_utterance(text: str, max_words: int = 20, labels: Sequence[str] = ("A", "B")) -> str:
-    """One cleaned utterance from a turn-mode reply: first line, without a speaker label or quotes."""
+    """One cleaned utterance from a turn-mode reply, without speaker labels or quotes.
+
+    A message may span lines ("Hi Sam,\nI just got back..."): lines are joined until one starts with a speaker
+    label, where the model has begun writing the next turn itself. Past `max_words`, the complete sentences
+    that fit are kept.
+    """
     label = _label_regex(labels) if labels else None
+    parts: list[str] = []
     for raw in text.splitlines():
         line = _strip_markup(raw)
         if not line:
             continue
         m = label.match(line) if label else None
         if m:
+            if parts:
+                break  # the next speaker's turn: not part of this message
             line = m.group(2).strip()
             if not line:
                 continue  # a label alone on its line: the utterance follows on the next one
         line = _clean_text(line)
-        if not line:
-            raise InvalidReply("empty", "reply has no text")
-        n_words = len(line.split())
-        if n_words > max_words:
-            # Small teachers ramble on after a good first sentence: keep the whole sentences that fit.
-            fitting = _sentences_within(line, max_words)
-            if not fitting:
-                raise InvalidReply("too_long", f"{n_words} words (max {max_words}) and no sentence ends within")
-            return fitting
-        return line
-    raise InvalidReply("empty", "reply has no text")
+        if line:
+            parts.append(line)
+    if not parts:
+        raise InvalidReply("empty", "reply has no text")
+    utterance = " ".join(parts)
+    n_words = len(utterance.split())
+    if n_words > max_words:
+        # Small teachers ramble on after a good first sentence: keep the whole sentences that fit.
+        fitting = _sentences_within(utterance, max_words)
+        if not fitting:
+            raise InvalidReply("too_long", f"{n_words} words (max {max_words}) and no sentence ends within")
+        return fitting
+    return utterance
 
 
 def _sentences_within(text: str, max_words: int, min_words: int = 3) -> str:

@@ -87,7 +87,8 @@ def test_parse_utterance():
     assert parse_utterance('**Alice:** "Hi there, how are you?"\nBob: fine', labels=("Alice", "Bob")) == \
         "Hi there, how are you?"
     assert parse_utterance("\n\nAlice:\nGood morning!", labels=("Alice", "Bob")) == "Good morning!"
-    assert parse_utterance("Just a plain line.\nsecond line") == "Just a plain line."
+    assert parse_utterance("Hi Sam,\nI just got back.\n") == "Hi Sam, I just got back."  # one message, two lines
+    assert parse_utterance("Hello there!\nB: hi A", labels=("A", "B")) == "Hello there!"  # stops at the next turn
     for text, why in [("", "empty"), ("  \n ", "empty"), ('A: ""', "empty"), (" ".join(["w"] * 21), "too_long")]:
         with pytest.raises(InvalidReply) as err:
             parse_utterance(text, max_words=20)
@@ -203,7 +204,8 @@ class TurnStub:
             elif "2 meetings" in user and t == 1:
                 out.append("")
             else:
-                out.append(f'{speaker}: "{speaker} says {t}"\nextra line')
+                other = "B" if speaker == "A" else "A"  # the model going on to write the other side's turn
+                out.append(f'{speaker}: "{speaker} says {t}"\n{other}: and so on')
         return out
 
 
