@@ -119,3 +119,11 @@ def speaker_names(author_a: str, author_b: str) -> tuple[str, str]:
     i = int(hashlib.sha256(author_a.encode()).hexdigest()[:8], 16) % len(NAMES)
     j = int(hashlib.sha256(author_b.encode()).hexdigest()[:8], 16) % (len(NAMES) - 1)
     return NAMES[i], NAMES[(i + 1 + j) % len(NAMES)]  # an offset of 1..len-1 never lands on i
+
+
+def journals_by_author(entries: list[dict]) -> dict[str, str]:
+    """Each author's entries joined in corpus order: the journal the teacher reads and RAFt retrieves from."""
+    journals: dict[str, list[str]] = {}
+    for e in entries:
+        journals.setdefault(e["author"], []).append(e["text"].strip())
+    return {author: " ".join(texts) for author, texts in journals.items()}

@@ -79,3 +79,8 @@ def test_speaker_names_are_distinct_and_stable():
     assert all(a != b for a, b in names)
     assert names == [jic.speaker_names(a, b) for a, b in pairs]
     assert len({n for pair in names for n in pair}) == len(jic.NAMES)  # every name gets used
+
+
+def test_journals_by_author_joins_in_order():
+    entries = [{"author": "a", "text": "one "}, {"author": "b", "text": "x"}, {"author": "a", "text": " two"}]
+    assert jic.journals_by_author(entries) == {"a": "one two", "b": "x"}
