@@ -54,19 +54,26 @@ def save_figure(fig: Any, name: str) -> Path:
 def resumable_dir(path: str | Path, fingerprint: str) -> Path:
     """A DVC `persist: true` output directory that keeps work across a killed run.
 
-    If the params fingerprint recorded in it differs from `fingerprint`, its contents were made with
-    other params: they are moved aside to `<path>.stale-<time>` (never deleted) and the run starts fresh.
+    Only an unfinished run is resumed. If the params fingerprint recorded in it differs from `fingerprint`,
+    or the earlier run finished (`mark_complete`: DVC re-runs a finished stage only because something it
+    depends on changed, code included), its contents are moved aside to `<path>.stale-<time>` (never
+    deleted) and the run starts fresh.
     """
     path = Path(path)
     stamp = path / "FINGERPRINT"
     made_elsewise = not stamp.exists() or stamp.read_text().strip() != fingerprint
-    if path.exists() and any(path.iterdir()) and made_elsewise:
+    if path.exists() and any(path.iterdir()) and (made_elsewise or (path / "COMPLETE").exists()):
         aside = path.with_name(f"{path.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
         shutil.move(str(path), aside)
-        print(f"params changed since the last run: moved {path.name} aside to {aside.name}")
+        print(f"earlier run finished or its params changed: moved {path.name} aside to {aside.name}")
     path.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint + "\n")
     return path
+
+
+def mark_complete(path: str | Path) -> None:
+    """Record that the work in a `resumable_dir` finished, so a later run starts afresh instead of resuming."""
+    (Path(path) / "COMPLETE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
 
 
 def _clean(obj: Any) -> Any:

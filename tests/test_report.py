@@ -43,3 +43,13 @@ def test_prepare_skips_a_teacher_served_by_an_endpoint():
     assert "teacher" in prepare.roles_to_prepare(config.load("cpu"))     # local SmolLM2 teacher
     assert "teacher" not in prepare.roles_to_prepare(config.load("tiny"))  # fake endpoint
     assert "teacher" not in prepare.roles_to_prepare(config.load("paper"))  # vLLM / hosted API
+
+
+def test_resumable_dir_restarts_after_a_finished_run(tmp_path):
+    out = tmp_path / "08_sft"
+    report.resumable_dir(out, "aaa")
+    (out / "checkpoint-30").mkdir()
+    report.mark_complete(out)
+    report.resumable_dir(out, "aaa")  # same params, but DVC only re-runs a finished stage when code changed
+    assert not (out / "checkpoint-30").exists() and not (out / "COMPLETE").exists()
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("08_sft.stale-")]) == 1
