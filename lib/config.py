@@ -37,7 +37,9 @@ SCHEMA: dict[str, Any] = {
     "scrape": {"jic": {
         "source": str, "essays_path": DATA_PATH, "classifier_folds": list, "journal_folds": list,
         "max_authors": OPT_INT, "sentences_per_entry": int, "min_words": int, "max_entries_per_author": OPT_INT,
-        "subreddit": str, "after": str, "before": str, "max_items": OPT_INT, "salt_env": str}},
+        "subreddit": str, "after": str, "before": str, "max_items": OPT_INT, "salt_env": str},
+        "big5chat": {"soda_path": DATA_PATH, "max_scenarios": OPT_INT, "essays_path": DATA_PATH, "expert_folds": list,
+                     "texts_per_expert": OPT_INT, "text_words": int}},
     "cluster": {"jic": {"method": str, "k_min": int, "k_max": int, "min_entries": int, "batch_size": int,
                         "max_seq_length": int, "seed": int}},
     "classifier": {"backend": str, "source": str, "test_folds": list, "max_per_fold": OPT_INT, "C": NUM, "threshold": NUM,
@@ -50,12 +52,25 @@ SCHEMA: dict[str, Any] = {
         "system_prompt": PATH, "n_turns": int, "max_words": int, "temperature": NUM, "top_p": NUM,
         "max_new_tokens": int, "max_repairs": int, "batch_size": int, "max_concurrency": int,
         "max_retries": int, "seed": int}},
+    "dexperts": {"template": PATH, "traits": list, "max_units_per_scenario": OPT_INT,
+                 "expert": {"max_seq_length": int, "lora": ANY_DICT, "args": ANY_DICT},
+                 "alpha": NUM, "antiexpert": bool, "join_after": int, "max_new_tokens": int, "temperature": NUM,
+                 "top_p": NUM, "batch_size": int, "sweep_alphas": list, "sweep_scenarios": int, "seed": int},
     "sft": {"jic": {"test_fraction": NUM, "split_seed": int, "system_prompt": str, "max_seq_length": int,
                     "load_in_4bit": bool, "raft": {"top_k": int, "lambda_": NUM, "segment_words": int},
-                    "lora": ANY_DICT, "args": ANY_DICT}},
+                    "lora": ANY_DICT, "args": ANY_DICT},
+            "big5chat": {"test_fraction": NUM, "split_seed": int, "max_seq_length": int, "load_in_4bit": bool,
+                         "lora": ANY_DICT, "args": ANY_DICT}},
+    "dpo": {"big5chat": {"max_seq_length": int, "load_in_4bit": bool, "lora": ANY_DICT, "args": ANY_DICT}},
     "generate": {"jic": {"n_prefix_turns": int, "max_new_tokens": int, "temperature": NUM, "batch_size": int,
-                         "max_dialogues": OPT_INT}},
-    "eval": {"jic": {"bertscore": bool, "bertscore_layers": int}},
+                         "max_dialogues": OPT_INT},
+                 "big5chat": {"instruments": list, "traits": list, "demo_examples": int, "demo_words": int,
+                              "loglik_batch_size": int,
+                              "generation": {"instruments": list, "n_runs": int, "temperature": NUM, "top_p": NUM,
+                                             "max_new_tokens": int, "batch_size": int},
+                              "seed": int}},
+    "eval": {"jic": {"bertscore": bool, "bertscore_layers": int},
+             "big5chat": {"primary": str}},
 }
 
 CHOICES = {
@@ -65,6 +80,7 @@ CHOICES = {
     ("classifier", "source"): ("essays", "pandora"),
     ("synthesize", "jic", "backend"): ("local", "openai"),
     ("synthesize", "jic", "mode"): ("whole", "turn"),
+    ("eval", "big5chat", "primary"): ("loglik", "generation"),
 }
 
 

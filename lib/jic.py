@@ -11,16 +11,12 @@ import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from lib.records import split_of  # noqa: F401  (notebooks call jic.split_of)
+
 if TYPE_CHECKING:
     import numpy as np
 
 Augment = Callable[[str, str], str]  # (author of the target turn, user's last utterance) -> new utterance
-
-
-def split_of(dialogue_id: str, test_fraction: float, seed: int = 0) -> str:
-    """'train' or 'test', stable for an id whatever else is in the corpus (hash-based, not positional)."""
-    h = int(hashlib.sha256(f"{seed}:{dialogue_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "test" if h < test_fraction else "train"
 
 
 def word_segments(text: str, segment_words: int) -> list[str]:

@@ -4,11 +4,16 @@ Every model the project trains or prompts gets the same check: does it answer pe
 its persona says it should? This module loads the public instruments from the offline mirror (BFI-44, IPIP-NEO-120,
 IPIP-NEO-300, IPIP 50 markers) into one normalised table, administers them one item per prompt (as BIG5-CHAT and
 PsychoBench do) either by sampling replies and parsing the rating, or by reading the log-likelihood of each Likert
-option (as PsyBORGS and MPI do), and scores the five domains against published human norms.
+option (as PsyBORGS and MPI do), and scores the five domains against published human norms. All prompts of one
+condition (persona + instruction + scale, then the statement) share a token prefix whose KV cache both
+administration paths compute only once.
 
 Usage:
     items = load_instrument("bfi44", "../shared/data")
-    answers, n_bad = administer_by_generation(generate_fn, items, n_runs=5)   # or administer_by_loglik(model, tok, items)
+    persona = [{"role": "system", "content": "You are ... Extraversion - high"}]   # optional, plus few-shot demos
+    generate_fn = prefix_generate_fn(model, tokenizer)   # or hf_generate_fn(model, tokenizer)
+    answers, n_bad = administer_by_generation(generate_fn, items, n_runs=5, persona=persona)
+    answers = administer_by_loglik(model, tokenizer, items, persona=persona)   # the deterministic alternative
     scores = score(answers)                          # per domain: mean, sd, n_answered, n_missing
     compare_with_norms(scores, HUMAN_NORMS["bfi44"])
 
@@ -20,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -132,17 +138,34 @@ HUMAN_NORMS_N = {"bfi44": 6076, "ipip120": 619150}
 
 LIKERT5 = ("strongly disagree", "disagree", "neither agree nor disagree", "agree", "strongly agree")
 LIKERT_OPTIONS = ("1", "2", "3", "4", "5")
+# Instruction and scale first, the statement last, as BIG5-CHAT and PsychoBench lay out their items: every prompt of
+# one condition then shares everything up to the statement, which the log-likelihood and generation paths compute once.
 PROMPT_TEMPLATE = (
-    "Here is a statement about you:\n"
-    "\"{statement}\"\n\n"
-    "How much do you agree with it? Use this scale:\n"
+    "How well does the following statement describe you? Answer with a single number from 1 to {n}, where\n"
     "{scale}\n\n"
-    "Answer with a single number from 1 to {n}."
+    "Statement: \"{statement}\""
 )
+_ROLES = ("system", "user", "assistant")
 
 
-def item_prompt(text: str, scale: Sequence[str] = LIKERT5, stem: str = IPIP_STEM) -> Messages:
-    """Chat asking for a 1-5 self-rating of one item (one item per prompt, as BIG5-CHAT and PsychoBench do)."""
+def _check_persona(persona: Messages) -> None:
+    """Raise TypeError/ValueError unless `persona` is a list of messages with a known role and string content."""
+    if not isinstance(persona, list):
+        raise TypeError(f"persona must be a list of chat messages, got {type(persona).__name__}")
+    for i, message in enumerate(persona):
+        if not isinstance(message, dict) or message.get("role") not in _ROLES \
+                or not isinstance(message.get("content"), str):
+            raise ValueError(f"persona message {i} must be a dict with role in {_ROLES} and string content, "
+                             f"got {message!r}")
+
+
+def item_prompt(text: str, scale: Sequence[str] = LIKERT5, stem: str = IPIP_STEM,
+                persona: Messages | None = None) -> Messages:
+    """Chat asking for a 1-5 self-rating of one item (one item per prompt, as BIG5-CHAT and PsychoBench do).
+
+    `persona` messages (a system persona instruction, few-shot demos) come before the item's user message; the
+    user message gives the instruction and scale first and ends with the statement.
+    """
     text = text.strip()
     if not text:
         raise ValueError("item text is empty")
@@ -152,10 +175,15 @@ def item_prompt(text: str, scale: Sequence[str] = LIKERT5, stem: str = IPIP_STEM
         text = text[0].lower() + text[1:]  # "Is talkative." continues a sentence: "... someone who is talkative."
     statement = stem.format(text=text)
     lines = "\n".join(f"{i} = {label}" for i, label in enumerate(scale, start=1))
-    return [{"role": "user", "content": PROMPT_TEMPLATE.format(statement=statement, scale=lines, n=len(scale))}]
+    user = {"role": "user", "content": PROMPT_TEMPLATE.format(statement=statement, scale=lines, n=len(scale))}
+    if persona is None:
+        return [user]
+    _check_persona(persona)
+    return [dict(message) for message in persona] + [user]
 
 
-def _item_chats(items_df: pd.DataFrame, stem: str | None, scale: Sequence[str]) -> list[Messages]:
+def _item_chats(items_df: pd.DataFrame, stem: str | None, scale: Sequence[str],
+                persona: Messages | None = None) -> list[Messages]:
     """Prompt per row; the stem comes from `stem`, else from the row's instrument, else the bare statement."""
     _check_items(items_df)
     if stem is not None:
@@ -164,15 +192,134 @@ def _item_chats(items_df: pd.DataFrame, stem: str | None, scale: Sequence[str]) 
         stems = [STEMS.get(name, IPIP_STEM) for name in items_df["instrument"]]
     else:
         stems = [IPIP_STEM] * len(items_df)
-    return [item_prompt(text, scale, s) for text, s in zip(items_df["text"], stems)]
+    return [item_prompt(text, scale, s, persona) for text, s in zip(items_df["text"], stems)]
 
 
 def _check_items(items_df: pd.DataFrame) -> None:
+    """Raise ValueError when the items table is empty or lacks a column that administration needs."""
     missing = [c for c in ("item", "text", "domain", "reverse") if c not in items_df.columns]
     if missing:
         raise ValueError(f"items table lacks columns {missing} (use load_instrument)")
     if items_df.empty:
         raise ValueError("items table is empty")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared-prefix forward passes: every prompt of one condition starts with the same persona, instruction and scale,
+# so its key/value cache is computed once and only each prompt's remaining tokens are run.
+
+
+def _device(model):
+    """Device of the model's parameters."""
+    return next(model.parameters()).device
+
+
+def _pad_id(tokenizer) -> int:
+    """Id used for padding; padded positions are masked out, so any id works where the tokenizer has none."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+@contextmanager
+def _eval_mode(model) -> Iterator[None]:
+    """The model in eval mode inside the block (no dropout); its previous training flag restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _render(tokenizer, chats: list[Messages]) -> list[str]:
+    """Each chat as the text the model continues (chat template with the assistant generation prompt)."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("tokenizer has no chat template; chat prompts need one")
+    if not chats:
+        raise ValueError("no chats given")
+    return [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
+
+
+def _prompt_ids(tokenizer, chats: list[Messages]) -> list[list[int]]:
+    """Token ids of each rendered chat, without extra special tokens (the template carries any BOS), as generation."""
+    return [list(ids) for ids in tokenizer(_render(tokenizer, chats), add_special_tokens=False)["input_ids"]]
+
+
+def _shared_prefix_len(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common token prefix of `rows`, leaving at least one token of every row after it."""
+    first = rows[0]
+    n = min(len(row) for row in rows) - 1
+    for row in rows[1:]:
+        k = 0
+        while k < n and row[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+class _Prefix:
+    """The key/value cache of a token prefix shared by all rows, computed once at batch size 1."""
+
+    def __init__(self, ids: list[int], layers: list[tuple], config):
+        self.ids, self.layers, self.config = ids, layers, config
+
+    @classmethod
+    def build(cls, model, rows: Sequence[Sequence[int]]) -> _Prefix:
+        """Run the rows' common prefix through the model (an empty prefix when they share no token)."""
+        import torch
+
+        ids = list(rows[0][:_shared_prefix_len(rows)])
+        if not ids:
+            return cls.empty()
+        cache = model(input_ids=torch.tensor([ids], device=_device(model)), use_cache=True).past_key_values
+        return cls(ids, [(layer.keys, layer.values) for layer in cache.layers], model.config)
+
+    @classmethod
+    def empty(cls) -> _Prefix:
+        """No shared prefix: rows are run whole."""
+        return cls([], [], None)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def cache_for(self, batch_size: int):
+        """A fresh cache holding the prefix for `batch_size` rows: forward appends to its cache, so one per batch."""
+        from transformers import DynamicCache
+
+        if not self.ids:
+            return None
+        return DynamicCache([(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1))
+                             for k, v in self.layers], config=self.config)
+
+
+def _forward_suffixes(model, rows: list[list[int]], prefix: _Prefix, pad_id: int, side: str, use_cache: bool):
+    """One forward pass over each row's tokens after the prefix: (model output, attention mask, starts).
+
+    The suffixes are padded on `side` ("right" whenever the prefix is non-empty) and attend to the cached prefix;
+    their positions continue from the prefix length and count real tokens only. logits[b, starts[b] + j] belong to
+    row b's token at position len(prefix) + j. The mask covers prefix + suffix, for continuing generation.
+    """
+    import torch
+
+    n_pre = len(prefix)
+    if n_pre and side != "right":
+        raise ValueError(f"suffixes after a cached prefix must be right-padded, got padding side {side!r}")
+    suffixes = [row[n_pre:] for row in rows]
+    width = max(len(s) for s in suffixes)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    starts = []
+    for b, suffix in enumerate(suffixes):
+        lo = width - len(suffix) if side == "left" else 0
+        input_ids[b, lo:lo + len(suffix)] = torch.tensor(suffix, dtype=torch.long)
+        mask[b, lo:lo + len(suffix)] = 1
+        starts.append(lo)
+    mask = torch.cat([torch.ones((len(rows), n_pre), dtype=torch.long), mask], dim=1)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, n_pre:]  # real tokens only: left padding shifts nothing
+    device = _device(model)
+    mask = mask.to(device)
+    result = model(input_ids=input_ids.to(device), attention_mask=mask, position_ids=position_ids.to(device),
+                   past_key_values=prefix.cache_for(len(rows)), use_cache=use_cache)
+    return result, mask, starts
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -197,10 +344,16 @@ _LABELS = [
 _NEGATED = re.compile(r"\b(?:not|never|don't|do not|wouldn't|would not|can't|cannot)\s+(?:\w+\s+)?(?:dis)?agree\b")
 
 
+_LIST_ITEM = re.compile(r"\s*\d\s*[.)]\s+[A-Za-z\"']")  # "1. Word", "2) I ..."; a bare "4." or "4. " is a rating
+
+
 def parse_answer(reply: str) -> int:
     """The 1-5 rating in a reply: its first number, else a Likert label; UnparseableAnswer when there is none."""
     if reply is None or not str(reply).strip():
         raise UnparseableAnswer("empty reply")
+    if _LIST_ITEM.match(str(reply)):
+        # "1. I'm a perfectionist." numbers a list item; reading it as the rating 1 would invent an answer.
+        raise UnparseableAnswer(f"a numbered list item, not a rating: {reply!r}")
     text = _SCALE_ECHO.sub(" ", str(reply))
     match = _NUMBER.search(text)
     if match:
@@ -227,11 +380,15 @@ def parse_answer(reply: str) -> int:
 
 def administer_by_generation(generate_fn: GenerateFn, items_df: pd.DataFrame, n_runs: int = 5,
                              temperature: float = 0.6, max_new_tokens: int = 128, seed: int = 0,
-                             stem: str | None = None, scale: Sequence[str] = LIKERT5) -> tuple[pd.DataFrame, int]:
-    """Sample a reply to every item `n_runs` times and parse it; unparseable replies stay missing and are counted."""
+                             stem: str | None = None, scale: Sequence[str] = LIKERT5,
+                             persona: Messages | None = None) -> tuple[pd.DataFrame, int]:
+    """Sample a reply to every item `n_runs` times and parse it; unparseable replies stay missing and are counted.
+
+    `persona` messages (system persona, few-shot demos) are put before every item's user message.
+    """
     if n_runs < 1:
         raise ValueError(f"n_runs must be >= 1, got {n_runs}")
-    chats = _item_chats(items_df, stem, scale)
+    chats = _item_chats(items_df, stem, scale, persona)
     rows = []
     for run in range(n_runs):
         replies = generate_fn(chats, temperature, max_new_tokens, seed + run)  # a new seed per run: independent draws
@@ -252,6 +409,18 @@ def administer_by_generation(generate_fn: GenerateFn, items_df: pd.DataFrame, n_
     return answers, n_bad
 
 
+def summarize_answers(answers: pd.DataFrame) -> dict:
+    """Counts of one answer sheet: distinct items, answers (items x runs), unparseable (missing) answers, their share."""
+    for col in ("item", "answer"):
+        if col not in answers.columns:
+            raise ValueError(f"answers lack column {col!r}")
+    if answers.empty:
+        raise ValueError("answer sheet is empty")
+    n_bad = int(answers["answer"].isna().sum())
+    return {"n_items": int(answers["item"].nunique()), "n_answers": len(answers), "n_unparseable": n_bad,
+            "share_unparseable": n_bad / len(answers)}
+
+
 def hf_generate_fn(model, tokenizer, batch_size: int = 8, top_p: float = 1.0) -> GenerateFn:
     """A generate_fn for a local Hugging Face chat model (wraps lib.models.generate_chat; left padding needed)."""
     from lib.models import generate_chat
@@ -263,36 +432,174 @@ def hf_generate_fn(model, tokenizer, batch_size: int = 8, top_p: float = 1.0) ->
     return generate
 
 
+def prefix_generate_fn(model, tokenizer, batch_size: int = 8, top_p: float = 1.0,
+                       top_k: int | None = None) -> GenerateFn:
+    """A generate_fn that runs the prompts' shared token prefix once, then samples the rest with a KV cache.
+
+    All items of one condition share the persona, instruction and scale; only the statement differs. Sampling is
+    temperature, then top-k (HF generate's sampling default is 50; None keeps the whole vocabulary), then top-p, from
+    a torch.Generator seeded with the call's seed; greedy at temperature 0. A row stops at EOS or <|im_end|>.
+    Replies are decoded without special tokens and stripped, as lib.models.generate_chat does.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    stop_ids = _stop_token_ids(model, tokenizer)
+
+    def generate(chats: list[Messages], temperature: float, max_new_tokens: int, seed: int) -> list[str]:
+        new_ids = _prefix_generate_ids(model, tokenizer, chats, _Sampling(temperature, top_p, top_k), max_new_tokens,
+                                       seed, batch_size, stop_ids)
+        return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_ids]
+
+    return generate
+
+
+class _Sampling(NamedTuple):
+    """How the next token is chosen (see _next_tokens)."""
+
+    temperature: float  # 0: greedy
+    top_p: float = 1.0
+    top_k: int | None = None
+
+
+def _stop_token_ids(model, tokenizer) -> list[int]:
+    """Token ids that end a reply: the tokenizer's and generation config's EOS, and ChatML's <|im_end|> if known."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update([config_eos] if isinstance(config_eos, int) else config_eos or [])
+    im_end = tokenizer.get_vocab().get("<|im_end|>")
+    if im_end is not None:
+        ids.add(im_end)
+    if not ids:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} and the model's generation config name no EOS token")
+    return sorted(ids)
+
+
+def _prefix_generate_ids(model, tokenizer, chats: list[Messages], sampling: _Sampling, max_new_tokens: int, seed: int,
+                         batch_size: int, stop_ids: list[int]) -> list[list[int]]:
+    """New token ids (stop token excluded) per chat: shared prefix once, then batched suffixes and KV-cached steps."""
+    import torch
+
+    if sampling.temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {sampling.temperature}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    prompts = _prompt_ids(tokenizer, chats)
+    device = _device(model)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together: less padding
+    out: list[list[int]] = [[] for _ in prompts]
+    with _eval_mode(model), torch.inference_mode():
+        prefix = _Prefix.build(model, prompts)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            new = _sample_batch(model, [prompts[i] for i in idx], prefix, _pad_id(tokenizer), sampling,
+                                max_new_tokens, generator, stop)
+            for i, ids in zip(idx, new):
+                out[i] = ids
+    return out
+
+
+def _sample_batch(model, rows: list[list[int]], prefix: _Prefix, pad_id: int, sampling: _Sampling,
+                  max_new_tokens: int, generator, stop) -> list[list[int]]:
+    """New token ids per row of one batch: run the suffixes after the prefix, then one cached step per token."""
+    import torch
+
+    device = _device(model)
+    result, mask, starts = _forward_suffixes(model, rows, prefix, pad_id, "right", use_cache=True)
+    last = torch.tensor([s + len(r) - len(prefix) - 1 for s, r in zip(starts, rows)], device=device)
+    logits = result.logits[torch.arange(len(rows), device=device), last]
+    cache = result.past_key_values
+    positions = torch.tensor([len(r) for r in rows], device=device)  # the next token's position per row
+    done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    out: list[list[int]] = [[] for _ in rows]
+    for step in range(max_new_tokens):
+        token = _next_tokens(logits, sampling, generator)
+        keep = ~done & ~torch.isin(token, stop)
+        for b in keep.nonzero().flatten().tolist():
+            out[b].append(int(token[b]))
+        done |= ~keep
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        feed = token.masked_fill(done, pad_id)  # finished rows run on, their output ignored
+        mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
+        result = model(input_ids=feed[:, None], attention_mask=mask, position_ids=positions[:, None],
+                       past_key_values=cache, use_cache=True)
+        cache, logits = result.past_key_values, result.logits[:, -1]
+        positions = positions + 1
+    return out
+
+
+def _next_tokens(logits, sampling: _Sampling, generator):
+    """One token per row: argmax at temperature 0, else a draw after temperature, top-k and top-p (in that order)."""
+    import torch
+
+    if sampling.temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_k is not None and sampling.top_k < probs.shape[-1]:
+        kth = probs.topk(sampling.top_k, dim=-1).values[:, -1:]
+        probs = probs.masked_fill(probs < kth, 0.0)
+        probs = probs / probs.sum(dim=-1, keepdim=True)  # top-p then reads the renormalised distribution
+    if sampling.top_p < 1:
+        sorted_p, sorted_idx = probs.sort(dim=-1, descending=True)
+        beyond = sorted_p.cumsum(dim=-1) - sorted_p >= sampling.top_p  # the tokens before it already reach top_p
+        probs = torch.zeros_like(probs).scatter(-1, sorted_idx, sorted_p.masked_fill(beyond, 0.0))
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # multinomial renormalises
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Administration by log-likelihood
 
 
-def _option_rows(tokenizer, chats: list[Messages], options: Sequence[str]) -> list[tuple[list[int], int]]:
-    """(token ids of prompt + option, number of option tokens) for every (chat, option) pair, chat-major."""
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("tokenizer has no chat template; log-likelihood scoring needs one")
-    rows = []
-    for chat in chats:
-        # Tokenize the rendered text without extra special tokens, exactly as generation does (the template already
-        # carries any BOS), so the scored prompt is the one the model would continue.
-        prompt_text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        for option in options:
-            full = tokenizer(prompt_text + option, add_special_tokens=False)["input_ids"]
-            if len(full) > len(prompt_ids) and full[:len(prompt_ids)] == prompt_ids:
-                option_ids = full[len(prompt_ids):]  # the option as it is tokenized after this prompt
-            else:
-                # The option merged with the end of the prompt; score the option's own tokens after the whole prompt.
-                option_ids = tokenizer(option, add_special_tokens=False)["input_ids"]
-            if not option_ids:
-                raise ValueError(f"option {option!r} tokenizes to nothing")
-            rows.append((list(prompt_ids) + list(option_ids), len(option_ids)))
-    return rows
+class _Row(NamedTuple):
+    """One sequence run for log-likelihood scoring and the options read off it."""
+
+    ids: list[int]  # prompt, followed by the option's tokens when options take more than one token
+    chat: int
+    prompt_len: int
+    scored: list[tuple[int, list[int]]]  # (option index, option token ids) read off this row
+
+
+def _option_ids(tokenizer, prompt_text: str, prompt_ids: list[int], option: str) -> list[int]:
+    """Token ids of `option` as the model would write it right after the prompt."""
+    full = tokenizer(prompt_text + option, add_special_tokens=False)["input_ids"]
+    if len(full) > len(prompt_ids) and full[:len(prompt_ids)] == prompt_ids:
+        ids = full[len(prompt_ids):]  # the option as it is tokenized after this prompt
+    else:
+        # The option merged with the end of the prompt; score the option's own tokens after the whole prompt.
+        ids = tokenizer(option, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"option {option!r} tokenizes to nothing")
+    return list(ids)
+
+
+def _loglik_rows(tokenizer, chats: list[Messages], options: Sequence[str]) -> list[_Row]:
+    """Rows to run: one per chat scoring every option when all options are single tokens, else one per option."""
+    texts = _render(tokenizer, chats)
+    prompts = _prompt_ids(tokenizer, chats)
+    option_ids = [[_option_ids(tokenizer, text, ids, option) for option in options]
+                  for text, ids in zip(texts, prompts)]
+    if all(len(ids) == 1 for per_chat in option_ids for ids in per_chat):
+        # The next-token distribution at the last prompt token scores all options at once.
+        return [_Row(prompt, c, len(prompt), list(enumerate(per_chat)))
+                for c, (prompt, per_chat) in enumerate(zip(prompts, option_ids))]
+    return [_Row(prompt + ids, c, len(prompt), [(j, ids)])
+            for c, (prompt, per_chat) in enumerate(zip(prompts, option_ids)) for j, ids in enumerate(per_chat)]
 
 
 def likert_loglik(model, tokenizer, chats: list[Messages], options: Sequence[str] = LIKERT_OPTIONS,
-                  batch_size: int = 16, padding_side: str | None = None) -> np.ndarray:
-    """Log-probability of each option as the assistant's reply to each chat (n_chats x n_options), batched."""
+                  batch_size: int = 16, padding_side: str | None = None, share_prefix: bool = True) -> np.ndarray:
+    """Log-probability of each option as the assistant's reply to each chat (n_chats x n_options), batched.
+
+    With `share_prefix` the chats' common token prefix runs once and its KV cache is reused by every batch, whose
+    rows are then right-padded; `padding_side` applies to full rows otherwise. When every option is one token after
+    the prompt (1-5 under ChatML), each chat needs one row; otherwise each (chat, option) pair gets its own row.
+    """
     import torch
 
     if batch_size < 1:
@@ -302,52 +609,43 @@ def likert_loglik(model, tokenizer, chats: list[Messages], options: Sequence[str
     side = padding_side or getattr(tokenizer, "padding_side", "right")
     if side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
-    rows = _option_rows(tokenizer, chats, options)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out; any id works
-    device = next(model.parameters()).device
-    # Sorting by length keeps padding small; results are put back in row order.
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
-    out = np.empty(len(rows), dtype=np.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                width = max(len(rows[i][0]) for i in idx)
-                input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for b, i in enumerate(idx):
-                    ids = torch.tensor(rows[i][0], dtype=torch.long)
-                    lo = width - len(ids) if side == "left" else 0
-                    input_ids[b, lo:lo + len(ids)] = ids
-                    mask[b, lo:lo + len(ids)] = 1
-                kwargs = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
-                if side == "left":
-                    # Positions must count real tokens only, or left padding would shift every position.
-                    kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
-                logits = model(**kwargs).logits
-                for b, i in enumerate(idx):
-                    ids, k = rows[i]
-                    end = width if side == "left" else len(ids)  # one past the last real token
-                    # Logits at position t predict token t + 1.
-                    step_logits = logits[b, end - k - 1:end - 1].float()
-                    targets = input_ids[b, end - k:end].to(step_logits.device)
-                    logp = torch.log_softmax(step_logits, dim=-1).gather(-1, targets[:, None]).sum()
-                    out[i] = float(logp)
-    finally:
-        model.train(was_training)
-    return out.reshape(len(chats), len(options))
+    rows = _loglik_rows(tokenizer, chats, options)
+    pad_id = _pad_id(tokenizer)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))  # similar lengths together: less padding
+    out = np.empty((len(chats), len(options)), dtype=np.float64)
+    with _eval_mode(model), torch.inference_mode():
+        # The prefix must end before the first scored position, so it is taken from the prompts alone.
+        prefix = _Prefix.build(model, [row.ids[:row.prompt_len] for row in rows]) if share_prefix else _Prefix.empty()
+        if len(prefix):
+            side = "right"
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            result, _, starts = _forward_suffixes(model, [rows[i].ids for i in idx], prefix, pad_id, side,
+                                                  use_cache=bool(len(prefix)))
+            for b, i in enumerate(idx):
+                row = rows[i]
+                first = starts[b] + row.prompt_len - 1 - len(prefix)  # logits at position t predict token t + 1
+                n_steps = max(len(ids) for _, ids in row.scored)
+                logp = torch.log_softmax(result.logits[b, first:first + n_steps].float(), dim=-1)
+                for j, ids in row.scored:
+                    targets = torch.tensor(ids, device=logp.device)
+                    out[row.chat, j] = float(logp[torch.arange(len(ids), device=logp.device), targets].sum())
+    return out
 
 
 def administer_by_loglik(model, tokenizer, items_df: pd.DataFrame, options: Sequence[str] = LIKERT_OPTIONS,
                          batch_size: int = 16, stem: str | None = None, scale: Sequence[str] = LIKERT5,
-                         padding_side: str | None = None) -> pd.DataFrame:
-    """Deterministic answers: the most likely option (answer) and the mean rating under softmax (expected)."""
+                         padding_side: str | None = None, persona: Messages | None = None,
+                         share_prefix: bool = True) -> pd.DataFrame:
+    """Deterministic answers: the most likely option (answer) and the mean rating under softmax (expected).
+
+    `persona` messages (system persona, few-shot demos) are put before every item's user message.
+    """
     if len(options) != len(scale):
         raise ValueError(f"{len(options)} options for a {len(scale)}-point scale")
-    chats = _item_chats(items_df, stem, scale)
-    logp = likert_loglik(model, tokenizer, chats, options, batch_size=batch_size, padding_side=padding_side)
+    chats = _item_chats(items_df, stem, scale, persona)
+    logp = likert_loglik(model, tokenizer, chats, options, batch_size=batch_size, padding_side=padding_side,
+                         share_prefix=share_prefix)
     probs = np.exp(logp - logp.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)  # renormalised over the options only
     values = np.arange(1, len(options) + 1)

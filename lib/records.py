@@ -11,6 +11,7 @@ already on disk and the stage skips it. A kill in the middle of a write can leav
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -109,3 +110,9 @@ def check_ids(records: list[dict]) -> None:
         if rid in seen:
             raise RecordError(f"duplicate record id {rid!r}")
         seen.add(rid)
+
+
+def split_of(record_id: str, test_fraction: float, seed: int = 0) -> str:
+    """'train' or 'test', stable for an id whatever else is in the corpus (hash-based, not positional)."""
+    h = int(hashlib.sha256(f"{seed}:{record_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if h < test_fraction else "train"

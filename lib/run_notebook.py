@@ -17,8 +17,11 @@ from lib import config
 
 
 def output_path(notebook: Path, paper: str | None, recipe: str | None) -> Path:
-    """reports/notebooks/<stem>[_<paper>][_<recipe>].ipynb"""
-    name = "_".join(x for x in (notebook.stem, paper, recipe) if x)
+    """reports/notebooks/<stem>[_<paper>][_<recipe>].ipynb; a paper's own notebook (<stage>_<paper>) is not suffixed twice"""
+    stem = notebook.stem
+    if paper and stem.endswith(f"_{paper}"):
+        stem = stem[: -len(paper) - 1]
+    name = "_".join(x for x in (stem, paper, recipe) if x)
     return config.ROOT / "reports" / "notebooks" / f"{name}.ipynb"
 
 

@@ -2,13 +2,14 @@
 
 Usage (from a notebook or DVC stage):
     metrics = sft(model_dir, train_rows, eval_rows, out_dir, lora=params["lora"], args=params["sft"])
-`lora` keys are peft.LoraConfig argument names and `args` keys are trl.SFTConfig argument names, so params files
-map one-to-one onto the libraries (tests/test_api_drift.py fails loudly if a library renames one). Outputs:
+    metrics = dpo(model_dir, train_pairs, eval_pairs, out_dir, lora=params["lora"], args=params["args"])
+`lora` keys are peft.LoraConfig argument names and `args` keys are trl.SFTConfig / trl.DPOConfig argument names, so
+params files map one-to-one onto the libraries (tests/test_api_drift.py fails loudly if a library renames one). Outputs:
 out_dir/checkpoints/checkpoint-N (resume points), out_dir/adapter (final adapter + tokenizer) and
 out_dir/train_metrics.json. Rerunning after a kill resumes from the latest checkpoint.
 
 trl/transformers are imported inside the functions, after lib.models.load_for_training, so that on a GPU box with
-unsloth installed, unsloth is imported first. Further trainers (e.g. dpo) go beside `sft` and reuse the helpers.
+unsloth installed, unsloth is imported first. Both trainers share validation, resuming, saving and metrics.
 """
 from __future__ import annotations
 
@@ -118,6 +119,87 @@ def _write_metrics(out_dir: Path, name: str, metrics: dict) -> None:
     (out_dir / name).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def _check_pairs(pairs: list[dict], split: str) -> list[dict]:
+    """Validate conversational preference rows (prompt, chosen, rejected) and keep only those three columns."""
+    clean = []
+    for i, row in enumerate(pairs):
+        rid = row.get("id", f"#{i}") if isinstance(row, dict) else f"#{i}"
+        if not isinstance(row, dict) or not _is_chat(row.get("prompt")):
+            raise ValueError(f"{split} pair {rid}: 'prompt' must be a non-empty list of chat messages")
+        for side in ("chosen", "rejected"):
+            if not _is_chat(row.get(side)) or any(m["role"] != "assistant" for m in row[side]):
+                raise ValueError(f"{split} pair {rid}: {side!r} must be a non-empty list of assistant messages")
+        clean.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]})
+    return clean
+
+
+def _is_chat(messages) -> bool:
+    """A non-empty list of {"role": str, "content": str} messages (trl's conversational format)."""
+    return isinstance(messages, list) and bool(messages) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages)
+
+
+# Evaluation results kept in the metrics (trl's DPO names; SFT reports only the loss).
+_EVAL_METRICS = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins")
+
+
+def _planned_steps(trainer) -> int:
+    """The optimizer steps the trainer's arguments ask for in all (max_steps, or epochs x steps per epoch)."""
+    return trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
+
+
+def _restore_finished(trainer, checkpoint: str) -> None:
+    """Load a finished run's adapter weights and trainer state from its last checkpoint, without training.
+
+    transformers 5.17 resumed at max_steps in the middle of an epoch still takes one more step before it checks the
+    limit, so a rerun of a finished run must not call train() at all.
+    """
+    from transformers import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    trainer.model.load_adapter(checkpoint, adapter_name=trainer.model.active_adapter)
+
+
+def _train_and_save(trainer, tokenizer, out_dir: Path, backend: str, evaluate: bool) -> dict:
+    """Train (resuming from the latest checkpoint), save adapter + tokenizer to out_dir/adapter; the common metrics.
+
+    Shared by sft and dpo: the trainer's output_dir is the checkpoint directory. A run whose checkpoint already
+    holds every planned step is not trained again; its train_loss is then None.
+    """
+    resume = _last_checkpoint(Path(trainer.args.output_dir))
+    start_step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"] if resume else 0
+    train_loss, runtime, samples_per_s = None, 0.0, None
+    if resume and start_step >= _planned_steps(trainer):
+        log.info("%s already holds all planned steps (%d); not training", resume, start_step)
+        _restore_finished(trainer, resume)
+    else:
+        if resume:
+            log.info("resuming from %s (step %d)", resume, start_step)
+        result = trainer.train(resume_from_checkpoint=resume)
+        # transformers divides this run's summed loss by the total global step, which under-reports after a resume;
+        # rescale to the mean over the steps actually run in this call.
+        train_loss = result.training_loss * trainer.state.global_step / (trainer.state.global_step - start_step)
+        runtime, samples_per_s = result.metrics["train_runtime"], result.metrics["train_samples_per_second"]
+        if not math.isfinite(train_loss):
+            log.warning("train loss is not finite: %s", train_loss)
+
+    adapter_dir = out_dir / "adapter"
+    trainer.save_model(str(adapter_dir))  # a PeftModel saves only the adapter weights + adapter_config.json
+    tokenizer.save_pretrained(str(adapter_dir))
+    metrics = {
+        "train_loss": train_loss,
+        "steps": trainer.state.global_step,
+        "resumed_from_step": start_step,
+        "train_runtime_s": runtime,
+        "samples_per_s": samples_per_s,
+        "backend": backend,
+        "peak_memory_mb": _peak_memory_mb(),
+    }
+    if evaluate:
+        metrics |= {k: v for k, v in trainer.evaluate().items() if k in _EVAL_METRICS}
+    return metrics
+
+
 def sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[dict] | None, out_dir: str | Path,
         lora: dict, args: dict, max_seq_length: int = 512, load_in_4bit: bool = False) -> dict:
     """LoRA-SFT on conversational prompt-completion rows (loss on the completion only); resumes after a kill."""
@@ -127,7 +209,6 @@ def sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[dict] | 
     train = _check_rows(train_rows, "train")
     evals = _check_rows(eval_rows or [], "eval")
     out_dir = Path(out_dir)
-    checkpoint_dir = out_dir / "checkpoints"
 
     # Model first: on a GPU box this imports unsloth, which must precede trl/transformers.
     seed = args.get("seed", 42)  # trl's default seed, so unset seeds still reproduce
@@ -138,39 +219,73 @@ def sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[dict] | 
     _ensure_logprob_head()
 
     # Loss on the completion only (trl's default for prompt-completion rows too; explicit so it cannot drift).
-    config = SFTConfig(output_dir=str(checkpoint_dir), report_to=[], max_length=max_seq_length,
+    config = SFTConfig(output_dir=str(out_dir / "checkpoints"), report_to=[], max_length=max_seq_length,
                        **{"completion_only_loss": True, **_default_precision(args)})
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(train),
                          eval_dataset=Dataset.from_list(evals) if evals else None, processing_class=tokenizer)
+    metrics = _train_and_save(trainer, tokenizer, out_dir, backend, evaluate=bool(evals))
+    _write_metrics(out_dir, "train_metrics.json", metrics)
+    return metrics
 
-    resume = _last_checkpoint(checkpoint_dir)
-    start_step = 0
-    if resume:
-        start_step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"]
-        log.info("resuming from %s (step %d)", resume, start_step)
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
 
-    adapter_dir = out_dir / "adapter"
-    trainer.save_model(str(adapter_dir))  # a PeftModel saves only the adapter weights + adapter_config.json
-    tokenizer.save_pretrained(str(adapter_dir))
+def _last_logged(log_history: list[dict], key: str) -> float | None:
+    """The last value of `key` in a trainer's log history (None when never logged)."""
+    values = [entry[key] for entry in log_history if key in entry]
+    return values[-1] if values else None
 
-    steps = trainer.state.global_step
-    # transformers divides this run's summed loss by the total global step, which under-reports after a resume;
-    # rescale to the mean over the steps actually run in this call.
-    run_steps = steps - start_step
-    train_loss = result.training_loss * steps / run_steps if run_steps > 0 else None  # None: already finished
-    metrics = {
-        "train_loss": train_loss,
-        "steps": steps,
-        "resumed_from_step": start_step,
-        "train_runtime_s": result.metrics["train_runtime"],
-        "samples_per_s": result.metrics["train_samples_per_second"],
-        "backend": backend,
-        "peak_memory_mb": _peak_memory_mb(),
-    }
-    if evals:
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-    if train_loss is not None and not math.isfinite(train_loss):
-        log.warning("train loss is not finite: %s", train_loss)
+
+# LoRA initialisations whose fresh adapter is a no-op (B = 0): the adapter-disabled model is then the starting policy.
+_NO_OP_LORA_INITS = (True, "gaussian")
+
+
+def _use_base_as_reference(model) -> None:
+    """Drop trl's "ref" adapter so that DPO scores the reference with the adapter disabled (the base model).
+
+    trl 1.15 copies the adapter of a PeftModel into a frozen "ref" adapter. Checkpoints then hold two adapters, and
+    transformers' resume loads only the sub-folder ones ("ref"), silently restarting the policy from its initial
+    weights. For a no-op initial adapter (checked in dpo) the base model is the same reference.
+    """
+    if "ref" in model.peft_config:
+        model.delete_adapter("ref")
+
+
+def dpo(model_path: str | Path, train_pairs: list[dict], eval_pairs: list[dict] | None, out_dir: str | Path,
+        lora: dict, args: dict, max_seq_length: int = 512, load_in_4bit: bool = False) -> dict:
+    """LoRA-DPO on conversational preference pairs (prompt, chosen, rejected); resumes after a kill.
+
+    `args` are trl.DPOConfig names (`beta` among them; the paper uses 0.1). No second model is loaded: the reference
+    is the policy's base with the adapter disabled, which equals the starting policy because a fresh LoRA is a no-op.
+    """
+    if not train_pairs:
+        raise ValueError("no training pairs")
+    _check_args(args)
+    if lora.get("init_lora_weights", True) not in _NO_OP_LORA_INITS:
+        raise ValueError(f"dpo needs a no-op initial adapter (init_lora_weights in {_NO_OP_LORA_INITS}), got "
+                         f"{lora['init_lora_weights']!r}: the adapter-disabled reference would not be the start model")
+    train = _check_pairs(train_pairs, "train")
+    evals = _check_pairs(eval_pairs or [], "eval")
+    out_dir = Path(out_dir)
+
+    seed = args.get("seed", 42)
+    model, tokenizer, backend = load_for_training(model_path, lora, max_seq_length, load_in_4bit, seed=seed)
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    _ensure_logprob_head()  # DPO scores sequences through the same fused LM head as SFT
+
+    config = DPOConfig(output_dir=str(out_dir / "checkpoints"), report_to=[], max_length=max_seq_length,
+                       **_default_precision(args))
+    trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=Dataset.from_list(train),
+                         eval_dataset=Dataset.from_list(evals) if evals else None, processing_class=tokenizer)
+    _use_base_as_reference(trainer.model)
+    kept = len(trainer.train_dataset)  # trl drops pairs whose prompt alone fills max_length
+    if kept < len(train):
+        log.warning("%d of %d training pairs dropped: prompt longer than max_seq_length=%d",
+                    len(train) - kept, len(train), max_seq_length)
+    metrics = _train_and_save(trainer, tokenizer, out_dir, backend, evaluate=bool(evals))
+    history = trainer.state.log_history
+    metrics |= {"train_pairs_kept": kept, "beta": config.beta,
+                "reward_accuracy": _last_logged(history, "rewards/accuracies"),
+                "reward_margin": _last_logged(history, "rewards/margins")}
     _write_metrics(out_dir, "train_metrics.json", metrics)
     return metrics

@@ -119,14 +119,19 @@ def test_check_kwargs_names_unknown_keys():
 
 
 @pytest.mark.parametrize("profile", config.PROFILES)
-def test_profile_lora_and_sft_keys_are_library_names(profile):
+def test_profile_lora_and_trainer_keys_are_library_names(profile):
     # alignment-handbook style: params keys are the library's argument names, so LoraConfig(**p) works
     from peft import LoraConfig
-    from trl import SFTConfig
+    from trl import DPOConfig, SFTConfig
 
-    sft = config.load(profile)["sft"]["jic"]
-    config.check_kwargs(sft["lora"], LoraConfig, f"{profile}: sft.jic.lora")
-    config.check_kwargs(sft["args"], SFTConfig, f"{profile}: sft.jic.args")
+    cfg = config.load(profile)
+    sections = [(("sft", "jic"), SFTConfig), (("sft", "big5chat"), SFTConfig), (("dexperts", "expert"), SFTConfig),
+                (("dpo", "big5chat"), DPOConfig)]
+    for keys, trainer_config in sections:
+        node = cfg[keys[0]][keys[1]]
+        where = f"{profile}: {'.'.join(keys)}"
+        config.check_kwargs(node["lora"], LoraConfig, f"{where}.lora")
+        config.check_kwargs(node["args"], trainer_config, f"{where}.args")
 
 
 def test_fingerprint_is_stable_and_sensitive():

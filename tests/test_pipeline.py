@@ -79,7 +79,9 @@ def test_tiny_dag_runs_end_to_end(tiny_run, teacher):
     repo, proc, seconds = tiny_run
     ran = re.findall(r"Running stage '([^']+)'", proc.stdout)
     assert set(ran) == {"00_models", "01_scrape@jic", "02_cluster@jic", "03_classifier", "04_filter@jic",
-                        "06_synthesize@jic", "08_sft@jic_lora", "08_sft@jic_raft", "11_generate@jic", "12_eval@jic"}
+                        "06_synthesize@jic", "08_sft@jic_lora", "08_sft@jic_raft", "11_generate@jic", "12_eval@jic",
+                        "01_scrape@big5chat", "07_dexperts", "08_sft@big5chat", "09_dpo@big5chat",
+                        "11_generate@big5chat", "12_eval@big5chat"}
     assert json.loads(_dvc(repo, "status", "--json").stdout) == {}  # nothing left stale
     synth = json.loads((repo / "reports/metrics/06_synthesize_jic.json").read_text())
     assert synth["dialogues"] == synth["pairs"] > 0 and synth["acceptance_rate"] == 1.0
@@ -91,6 +93,20 @@ def test_tiny_dag_runs_end_to_end(tiny_run, teacher):
         assert (repo / "figures" / f"{name}.png").stat().st_size > 1000
     assert (repo / "reports/tables/12_eval_jic.md").read_text().startswith("# 12_eval · jic (tiny profile)")
     print(f"tiny DAG: {seconds:.0f} s")
+
+
+def test_tiny_big5chat_path(tiny_run):
+    repo, _, _ = tiny_run
+    dex = json.loads((repo / "reports/metrics/07_dexperts.json").read_text())
+    assert len(dex["experts"]) == 10 and dex["replies"] == dex["units"] * 10
+    assert all((repo / "models/dexperts" / name / "adapter" / "adapter_config.json").is_file() for name in dex["experts"])
+    answers = (repo / "data/big5chat/11_generate/answers_loglik.jsonl").read_text().splitlines()
+    assert len(answers) == 41 * (44 + 120)  # base + 4 methods x 10 personas, BFI-44 + IPIP-NEO-120
+    ev = json.loads((repo / "reports/metrics/12_eval_big5chat.json").read_text())
+    assert set(ev["gaps"]["loglik/ipip120"]) == {"base", "instruct", "demo", "sft", "dpo"}
+    assert all(v == 0 for v in ev["gaps"]["loglik/ipip120"]["base"].values())  # the base is never induced
+    for name in ("07_dexperts", "12_eval_big5chat"):
+        assert (repo / "figures" / f"{name}.png").stat().st_size > 1000
 
 
 def test_api_key_never_written(tiny_run):

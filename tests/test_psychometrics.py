@@ -179,6 +179,36 @@ def test_domain_scores_by_persona():
     assert np.isnan(wide.loc["p1", "N"])
 
 
+HAND_MADE_BFI = (  # E: two forward items; A: one forward, one reverse; N: only reverse items
+    "item,text,domain,key\n"
+    "1,Is talkative.,Extraversion,1\n"
+    "2,Is full of energy.,Extraversion,1\n"
+    "3,Is helpful.,Agreeableness,1\n"
+    "4,Starts quarrels with others.,Agreeableness,-1\n"
+    "5,Is relaxed.,Neuroticism,-1\n"
+    "6,Is emotionally stable.,Neuroticism,-1\n"
+)
+
+
+def test_score_hand_made_sheets(tmp_path):
+    """Exact domain scores on a hand-made item file: keys come from the file, not from the data mirror."""
+    items = pm.load_instrument("bfi44", write_instrument(tmp_path, "instruments/bfi_44.csv", HAND_MADE_BFI))
+    assert items["reverse"].tolist() == [False, False, False, True, True, True]
+    fives = sheet(items, 5)
+    assert pm.keyed_scores(fives).tolist() == [5, 5, 5, 1, 1, 1]  # reverse items score 6 - 5 = 1
+    scores = pm.score(fives)
+    assert scores["mean"].to_dict() == {"E": 5.0, "A": 3.0, "N": 1.0}
+    assert scores["sd"].to_dict()["E"] == 0.0 and scores["n_missing"].sum() == 0
+    assert pm.score(sheet(items, 1))["mean"].to_dict() == {"E": 1.0, "A": 3.0, "N": 5.0}
+    # Only the reverse items answered, each with 2: keyed 4; E has no answer at all and stays missing (not 3).
+    rev_only = sheet(items, 2)
+    rev_only.loc[~rev_only.reverse, "answer"] = pd.NA
+    scores = pm.score(rev_only)
+    assert np.isnan(scores.loc["E", "mean"]) and scores.loc["E", "n_missing"] == 2
+    assert (scores.loc["A", "mean"], scores.loc["A", "n_answered"], scores.loc["A", "n_missing"]) == (4.0, 1, 1)
+    assert (scores.loc["N", "mean"], scores.loc["N", "n_answered"]) == (4.0, 2)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Prompts and parsing
 
@@ -186,18 +216,37 @@ def test_domain_scores_by_persona():
 def test_item_prompt():
     bfi = pm.item_prompt("Is talkative.", stem=pm.BFI_STEM)
     assert len(bfi) == 1 and bfi[0]["role"] == "user"
-    assert '"I see myself as someone who is talkative."' in bfi[0]["content"]
-    assert "1 = strongly disagree\n" in bfi[0]["content"] and "5 = strongly agree" in bfi[0]["content"]
-    assert "single number" in bfi[0]["content"]
+    assert bfi[0]["content"] == (
+        "How well does the following statement describe you? Answer with a single number from 1 to 5, where\n"
+        "1 = strongly disagree\n2 = disagree\n3 = neither agree nor disagree\n4 = agree\n5 = strongly agree\n\n"
+        'Statement: "I see myself as someone who is talkative."')  # instruction and scale first, statement last
     ipip = pm.item_prompt("Worry about things.")
-    assert '"Worry about things."' in ipip[0]["content"]
-    assert "3 = neither agree nor disagree" in ipip[0]["content"]
+    assert ipip[0]["content"].endswith('\n\nStatement: "Worry about things."')
+    assert ipip[0]["content"].startswith(bfi[0]["content"][:bfi[0]["content"].index("Statement")])
+
+
+PERSONA = [{"role": "system", "content": "You are a helpful assistant with the following Big Five personality traits: "
+                                         "Extraversion - high"}]
+DEMOS = [{"role": "user", "content": "What did you do at the weekend?"},
+         {"role": "assistant", "content": "I threw a party and invited the whole street!"}]
+
+
+def test_item_prompt_with_persona_and_demos():
+    chat = pm.item_prompt("Is talkative.", stem=pm.BFI_STEM, persona=PERSONA + DEMOS)
+    assert chat[:3] == PERSONA + DEMOS and chat[3]["role"] == "user"
+    assert chat[3] == pm.item_prompt("Is talkative.", stem=pm.BFI_STEM)[0]
+    assert chat[0] is not PERSONA[0]  # copied: later edits of the chat leave the caller's persona alone
+    with pytest.raises(TypeError, match="persona must be a list of chat messages, got str"):
+        pm.item_prompt("Is talkative.", persona="be extraverted")
+    with pytest.raises(ValueError, match="persona message 1 must be a dict with role"):
+        pm.item_prompt("Is talkative.", persona=[PERSONA[0], {"role": "narrator", "content": "x"}])
 
 
 @pytest.mark.parametrize("reply,expected", [
     ("4", 4), ("4.", 4), ("I'd say 2 - disagree", 2), ("Strongly agree", 5), ("agree strongly", 5),
     ("Neutral.", 3), ("Neither agree nor disagree", 3), ("I disagree.", 2), ("Strongly disagree", 1), ("Agree", 4),
     ("**5** (strongly agree)", 5), ("On a scale of 1 to 5, I'd rate it 3.", 3), ("Rating: 4/5", 4), (" 1\n", 1),
+    ("4) ", 4), ("2 - I rarely do", 2),
 ])
 def test_parse_answer(reply, expected):
     assert pm.parse_answer(reply) == expected
@@ -206,6 +255,7 @@ def test_parse_answer(reply, expected):
 @pytest.mark.parametrize("reply,message", [
     ("6", "out of range"), ("0", "out of range"), ("", "empty"), ("   ", "empty"), ("maybe", "no rating"),
     ("3.5", "not a whole number"), ("I don't agree", "negated"), ("I agree and disagree", "conflicting"),
+    ("1. I'm a perfectionist.\n2. I'm a perfectionist.", "numbered list item"), ("1) Yell at people", "list item"),
 ])
 def test_parse_answer_rejects(reply, message):
     with pytest.raises(pm.UnparseableAnswer, match=message):
@@ -246,6 +296,31 @@ def test_administer_by_generation_counts_unparseable_and_never_imputes():
     scores = pm.score(answers)
     assert scores.loc["A", "mean"] == 5.0 and scores.loc["A", "n_missing"] == 1  # reverse: 6 - 1
     assert scores.loc["E", "mean"] == 5.0 and scores.loc["C", "mean"] == 3.0
+    assert pm.summarize_answers(answers) == {"n_items": 3, "n_answers": 6, "n_unparseable": 3,
+                                             "share_unparseable": 0.5}
+
+
+def test_summarize_answers():
+    answers = pd.DataFrame({"item": [1, 2, 1, 2], "answer": pd.array([4, None, 2, 5], dtype="Int64")})
+    assert pm.summarize_answers(answers) == {"n_items": 2, "n_answers": 4, "n_unparseable": 1,
+                                             "share_unparseable": 0.25}
+    with pytest.raises(ValueError, match="answers lack column 'answer'"):
+        pm.summarize_answers(answers.drop(columns="answer"))
+    with pytest.raises(ValueError, match="answer sheet is empty"):
+        pm.summarize_answers(answers.iloc[:0])
+
+
+def test_administer_by_generation_puts_persona_first():
+    seen = []
+
+    def generate_fn(chats, temperature, max_new_tokens, seed):
+        seen.extend(chats)
+        return ["4"] * len(chats)
+
+    answers, n_bad = pm.administer_by_generation(generate_fn, small_items(), n_runs=1, persona=PERSONA + DEMOS)
+    assert n_bad == 0 and answers["answer"].tolist() == [4, 4, 4]
+    assert [[m["role"] for m in chat] for chat in seen] == [["system", "user", "assistant", "user"]] * 3
+    assert seen[1][3]["content"].endswith('Statement: "I see myself as someone who tends to find fault with others."')
 
 
 def test_administer_by_generation_rejects_wrong_reply_count():
@@ -320,3 +395,153 @@ def test_administer_by_loglik(tiny):
     again = pm.administer_by_loglik(model, tokenizer, items, batch_size=2)
     np.testing.assert_allclose(again["expected"], answers["expected"], atol=1e-4)  # deterministic across batching
     assert pm.score(answers, value_col="expected").loc["A", "n_answered"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared-prefix KV cache: log-likelihood and generation
+
+
+def test_shared_prefix_len():
+    assert pm._shared_prefix_len([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert pm._shared_prefix_len([[1, 2, 3], [1, 2, 3]]) == 2  # at least one token of each row stays after it
+    assert pm._shared_prefix_len([[7, 1], [8, 1]]) == 0
+    assert pm._shared_prefix_len([[5, 6, 7]]) == 2
+
+
+def persona_chats(persona=None):
+    texts = ["Worry about things.", "Make friends easily.", "Am not bothered by difficult social situations.",
+             "Love to read challenging material.", "Talk to a lot of different people at parties."]
+    return [pm.item_prompt(t, persona=persona) for t in texts]
+
+
+def test_likert_loglik_shared_prefix_matches_unbatched_reference(tiny):
+    model, tokenizer = tiny
+    chats = persona_chats(PERSONA + DEMOS)
+    rows = pm._loglik_rows(tokenizer, chats, pm.LIKERT_OPTIONS)
+    assert len(rows) == len(chats) and all(len(r.scored) == 5 for r in rows)  # one row per item: 1-5 single tokens
+    prompts = pm._prompt_ids(tokenizer, chats)
+    n_shared = pm._shared_prefix_len(prompts)
+    assert tokenizer.decode(prompts[0][:n_shared]).endswith('\n\nStatement: "')  # persona + demos + scale
+    reference = np.array([[manual_logp(model, tokenizer, c, o) for o in pm.LIKERT_OPTIONS] for c in chats])
+    for batch_size in (1, 2, 16):
+        np.testing.assert_allclose(pm.likert_loglik(model, tokenizer, chats, batch_size=batch_size), reference,
+                                   atol=1e-4)
+    np.testing.assert_allclose(pm.likert_loglik(model, tokenizer, chats, batch_size=3, padding_side="left",
+                                                share_prefix=False), reference, atol=1e-4)
+    # Multi-token options fall back to one row per (chat, option), still after the cached prefix.
+    options = ("12", "3", "45")
+    assert any(len(r.scored[0][1]) > 1 for r in pm._loglik_rows(tokenizer, chats, options))
+    multi = pm.likert_loglik(model, tokenizer, chats, options=options, batch_size=4)
+    expected = np.array([[manual_logp(model, tokenizer, c, o) for o in options] for c in chats])
+    np.testing.assert_allclose(multi, expected, atol=1e-4)
+
+
+def test_administer_by_loglik_with_persona(tiny):
+    model, tokenizer = tiny
+    items = small_items()
+    answers = pm.administer_by_loglik(model, tokenizer, items, persona=PERSONA, batch_size=2)
+    chats = [pm.item_prompt(t, stem=pm.BFI_STEM, persona=PERSONA) for t in items.text]
+    logp = np.array([[manual_logp(model, tokenizer, c, o) for o in pm.LIKERT_OPTIONS] for c in chats])
+    np.testing.assert_allclose(answers[[f"logp_{k}" for k in range(1, 6)]].to_numpy(), logp, atol=1e-4)
+    plain = pm.administer_by_loglik(model, tokenizer, items, batch_size=2)
+    assert not np.allclose(plain["logp_1"], answers["logp_1"], atol=1e-3)  # the persona reached the model
+
+
+@pytest.fixture(scope="module")
+def left_tokenizer(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.padding_side = "left"  # as lib.models.load_for_inference sets it for generate_chat
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def sharp(tiny):
+    """The tiny Llama re-initialised with large weights: its greedy replies vary with the context and sometimes end.
+
+    The default init (std 0.02) repeats one token whatever the prompt, which would let a wrong position or mask pass.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**{**tiny[0].config.to_dict(), "initializer_range": 0.5})).eval()
+
+
+def hf_new_tokens(model, tokenizer, chats, max_new_tokens, eos_token_id=None) -> list[list[int]]:
+    """Greedy model.generate on left-padded prompts: new tokens per chat, cut before the first EOS."""
+    import torch
+
+    eos = eos_token_id if eos_token_id is not None else model.generation_config.eos_token_id
+    enc = tokenizer([tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats],
+                    return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                             pad_token_id=tokenizer.pad_token_id)
+    rows = [row.tolist() for row in out[:, enc["input_ids"].shape[1]:]]
+    return [row[:row.index(eos)] if eos in row else row for row in rows]
+
+
+GREEDY = pm._Sampling(temperature=0.0)
+
+
+def test_prefix_generate_greedy_matches_hf_generate(sharp, left_tokenizer):
+    model = sharp
+    chats = persona_chats(PERSONA)
+    assert pm._shared_prefix_len(pm._prompt_ids(left_tokenizer, chats)) > 50
+    stop = pm._stop_token_ids(model, left_tokenizer)
+    assert stop == [left_tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    ids = pm._prefix_generate_ids(model, left_tokenizer, chats, GREEDY, 12, 0, 2, stop)
+    assert ids == hf_new_tokens(model, left_tokenizer, chats, 12)
+    assert len({tuple(row) for row in ids}) == len(chats)  # replies differ by item, so positions and masks matter
+    replies = pm.prefix_generate_fn(model, left_tokenizer, batch_size=3)(chats, 0.0, 12, 0)
+    assert replies == pm.hf_generate_fn(model, left_tokenizer, batch_size=2)(chats, 0.0, 12, 0)
+
+
+def test_prefix_generate_stops_rows_at_eos(sharp, left_tokenizer):
+    """Make a token the greedy path produces a stop token: rows end before it, the others run on."""
+    model = sharp
+    chats = persona_chats(PERSONA)
+    full = pm._prefix_generate_ids(model, left_tokenizer, chats, GREEDY, 10, 0, 8, [0])
+    stop_token = full[0][3]
+    ids = pm._prefix_generate_ids(model, left_tokenizer, chats, GREEDY, 10, 0, 8, [stop_token])
+    assert ids[0] == full[0][:full[0].index(stop_token)] and len(ids[0]) <= 3
+    assert ids == [row[:row.index(stop_token)] if stop_token in row else row for row in full]
+    assert ids == hf_new_tokens(model, left_tokenizer, chats, 10, eos_token_id=stop_token)
+
+
+def test_prefix_generate_sampling_is_seeded(tiny, left_tokenizer):
+    model, _ = tiny
+    generate = pm.prefix_generate_fn(model, left_tokenizer, batch_size=2, top_p=0.9)
+    chats = persona_chats(PERSONA)[:3]
+    first = generate(chats, 0.6, 8, 5)
+    assert generate(chats, 0.6, 8, 5) == first
+    assert generate(chats, 0.6, 8, 6) != first
+    answers, n_bad = pm.administer_by_generation(generate, small_items(), n_runs=2, max_new_tokens=4)
+    assert len(answers) == 6 and n_bad == int(answers["answer"].isna().sum())
+    with pytest.raises(ValueError, match="top_p must be in"):
+        pm.prefix_generate_fn(model, left_tokenizer, top_p=0.0)
+    with pytest.raises(ValueError, match="top_k must be >= 1 or None, got 0"):
+        pm.prefix_generate_fn(model, left_tokenizer, top_k=0)
+    with pytest.raises(ValueError, match="temperature must be >= 0, got -1"):
+        generate(chats, -1, 8, 0)
+
+
+def test_next_tokens_greedy_top_k_and_top_p():
+    import torch
+
+    logits = torch.log(torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]])).repeat(200, 1)
+    assert pm._next_tokens(logits, GREEDY, None).tolist() == [1, 0] * 200
+    generator = torch.Generator().manual_seed(0)
+
+    def draws(**sampling):
+        tokens = pm._next_tokens(logits, pm._Sampling(1.0, **sampling), generator).view(200, 2)
+        return tokens[:, 0].unique().tolist(), tokens[:, 1].unique().tolist()
+
+    assert draws() == ([0, 1, 2], [0, 1, 2])
+    assert draws(top_p=0.45) == ([1], [0])  # the top token alone reaches 0.45
+    assert draws(top_p=0.7) == ([1, 2], [0, 2])  # the top two are needed to reach 0.7
+    assert draws(top_k=2) == ([1, 2], [0, 2])
+    # top-p reads the renormalised top 2: 0.6 / 0.9 reaches 0.65 alone (0.6 would not), 0.5 / 0.8 does not.
+    assert draws(top_k=2, top_p=0.65) == ([1], [0, 2])

@@ -37,6 +37,9 @@ def test_runner_output_path():
     nb = config.ROOT / "notebooks" / "08_sft.ipynb"
     assert run_notebook.output_path(nb, "jic", "raft") == config.ROOT / "reports/notebooks/08_sft_jic_raft.ipynb"
     assert run_notebook.output_path(nb, None, None) == config.ROOT / "reports/notebooks/08_sft.ipynb"
+    own = config.ROOT / "notebooks" / "08_sft_big5chat.ipynb"  # a paper's own notebook keeps one paper suffix
+    expected = config.ROOT / "reports/notebooks/08_sft_big5chat_sft.ipynb"
+    assert run_notebook.output_path(own, "big5chat", "sft") == expected
 
 
 def test_prepare_skips_a_teacher_served_by_an_endpoint():

@@ -1,4 +1,4 @@
-"""Tests for lib.train: LoRA SFT on conversational prompt-completion rows, metrics, and resuming from checkpoints."""
+"""Tests for lib.train: LoRA SFT and DPO on conversational rows, metrics, and resuming from checkpoints."""
 import json
 import logging
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lib import models
-from lib.train import _TorchLogProbHead, sft
+from lib.train import _TorchLogProbHead, dpo, sft
 
 LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 ARGS = {"per_device_train_batch_size": 2, "learning_rate": 1e-3, "logging_steps": 1, "save_steps": 2,
@@ -100,3 +100,89 @@ def test_torch_logprob_head_matches_reference():
     assert hidden.grad is not None and hidden.grad.abs().sum() > 0
     only = _TorchLogProbHead.apply(hidden, weight, None, targets, 1.0, 4096, None, 1.0, ())
     assert only[1:] == (None, None, None, None)
+
+
+DPO_ARGS = {**ARGS, "learning_rate": 1e-2, "beta": 0.1}
+
+
+def _pairs(n: int) -> list[dict]:
+    return [{"id": f"p{i}", "prompt": [{"role": "system", "content": "You are calm."},
+                                       {"role": "user", "content": f"How are you, friend {i}?"}],
+             "chosen": [{"role": "assistant", "content": "I feel calm and happy."}],
+             "rejected": [{"role": "assistant", "content": "We talked about work."}]} for i in range(n)]
+
+
+def _logged(out_dir, step: int) -> list[dict]:
+    state = json.loads((out_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").read_text())
+    return [e for e in state["log_history"] if "loss" in e]
+
+
+def test_dpo_trains_from_the_base_as_reference_and_saves_an_adapter(tmp_path, tiny_llama_dir):
+    metrics = dpo(tiny_llama_dir, _pairs(8), _pairs(2), tmp_path, LORA, {**DPO_ARGS, "max_steps": 3},
+                  max_seq_length=64)
+    assert metrics["steps"] == 3 and metrics["resumed_from_step"] == 0 and metrics["train_pairs_kept"] == 8
+    assert metrics["beta"] == 0.1 and metrics["backend"] == "transformers"
+    # The policy starts equal to its reference, so the first step's loss is exactly -log sigmoid(0) = ln 2 ...
+    first = _logged(tmp_path, 3)[0]
+    assert first["step"] == 1 and first["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    # ... and training then separates chosen from rejected on every pair.
+    assert math.isfinite(metrics["train_loss"]) and metrics["train_loss"] < math.log(2)
+    assert metrics["reward_accuracy"] == 1.0 and metrics["reward_margin"] > 0
+    assert metrics["eval_loss"] < math.log(2) and metrics["eval_rewards/accuracies"] == 1.0
+    assert json.loads((tmp_path / "train_metrics.json").read_text()) == metrics
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "adapter" / "ref").exists()  # one adapter only: the reference is the base
+
+    base, tok = models.load_for_inference(tiny_llama_dir)
+    tuned, _ = models.load_for_inference(tiny_llama_dir, tmp_path / "adapter")
+    batch = tok(["I feel calm and happy."], return_tensors="pt")
+    with torch.no_grad():
+        delta = (tuned(**batch).logits - base(**batch).logits).abs().max().item()
+    assert delta > 1e-3
+
+
+def test_dpo_resumes_the_trained_policy(tmp_path, tiny_llama_dir):
+    from safetensors.torch import load_file
+
+    first = dpo(tiny_llama_dir, _pairs(8), None, tmp_path, LORA, {**DPO_ARGS, "max_steps": 2}, max_seq_length=64)
+    assert first["steps"] == 2 and "eval_loss" not in first
+    second = dpo(tiny_llama_dir, _pairs(8), None, tmp_path, LORA, {**DPO_ARGS, "max_steps": 3}, max_seq_length=64)
+    assert second["steps"] == 3 and second["resumed_from_step"] == 2
+    logged = _logged(tmp_path, 3)
+    assert [e["step"] for e in logged] == [1, 2, 3]
+    # Step 3 runs on the checkpoint's adapter: a policy restarted from scratch would score ln 2 and zero margin again.
+    assert logged[2]["loss"] < logged[1]["loss"] < math.log(2) and logged[2]["rewards/margins"] > 0
+
+    # A rerun of the finished run (max_steps mid-epoch) trains nothing more and re-saves the checkpoint's adapter.
+    (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
+    third = dpo(tiny_llama_dir, _pairs(8), None, tmp_path, LORA, {**DPO_ARGS, "max_steps": 3}, max_seq_length=64)
+    assert third["steps"] == 3 and third["resumed_from_step"] == 3 and third["train_loss"] is None
+    assert third["reward_margin"] == second["reward_margin"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    saved, final = (load_file(d / "adapter_model.safetensors") for d in (tmp_path / "checkpoints" / "checkpoint-3",
+                                                                        tmp_path / "adapter"))
+    assert saved.keys() == final.keys() and all(torch.equal(saved[k], final[k]) for k in saved)
+
+
+def _bad(pairs: list[dict], key: str, value) -> list[dict]:
+    pairs[1][key] = value
+    return pairs
+
+
+@pytest.mark.parametrize("train, evals, message", [
+    ([], None, "no training pairs"),
+    (_bad(_pairs(2), "chosen", [{"role": "user", "content": "x"}]), None, "train pair p1: 'chosen'"),
+    (_bad(_pairs(2), "rejected", []), None, "train pair p1: 'rejected'"),
+    (_bad(_pairs(2), "prompt", "How are you?"), None, "train pair p1: 'prompt'"),
+    (_bad(_pairs(2), "chosen", "I feel calm."), None, "train pair p1: 'chosen'"),
+    (_pairs(2), [{"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "a"}]}],
+     "eval pair #0: 'rejected'"),
+])
+def test_dpo_rejects_bad_pairs(tmp_path, tiny_llama_dir, train, evals, message):
+    with pytest.raises(ValueError, match=message):
+        dpo(tiny_llama_dir, train, evals, tmp_path, LORA, DPO_ARGS)
+
+
+def test_dpo_refuses_an_initial_adapter_that_changes_the_model(tmp_path, tiny_llama_dir):
+    with pytest.raises(ValueError, match="init_lora_weights.*'pissa'"):
+        dpo(tiny_llama_dir, _pairs(2), None, tmp_path, {**LORA, "init_lora_weights": "pissa"}, DPO_ARGS)

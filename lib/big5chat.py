@@ -1,0 +1,271 @@
+"""BIG5-CHAT (arXiv 2410.16491) data logic: SODA scenarios, trait-expert data, prompts, SFT rows and DPO pairs.
+
+The pipeline: SODA scenarios -> one agent's replies regenerated with DExperts at each trait x level
+(`07_dexperts`, lib/dexperts.py) -> SFT and DPO of the student (`08_sft`, `09_dpo`) -> questionnaires (`11_generate`,
+`12_eval`, lib/psychometrics.py). Everything here is plain data handling, tested without a model.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+import string
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pandas as pd
+
+from lib.records import split_of
+
+TRAITS = {"O": "Openness", "C": "Conscientiousness", "E": "Extraversion", "A": "Agreeableness", "N": "Neuroticism"}
+LEVELS = ("high", "low")
+OPPOSITE = {"high": "low", "low": "high"}
+
+# BIG5-CHAT Table 2 (BFI, LLaMA-3-8B-Instruct): target-trait score when induced (high, low). The paper reports the
+# untrained model at about 3.0 on every trait.
+PUBLISHED_BFI_8B = {
+    "dpo": {"O": (5.0, 1.6), "C": (5.0, 1.6), "E": (4.8, 2.5), "A": (4.8, 1.0), "N": (3.5, 1.1)},
+}
+
+# Descriptions for the "demo" prompting baseline, from the standard Big-Five adjective markers.
+TRAIT_DESCRIPTIONS = {
+    "O": {"high": "curious, imaginative, open to new ideas, art and unusual experiences",
+          "low": "conventional, practical, prefers the familiar and concrete over the abstract or new"},
+    "C": {"high": "organised, dependable, careful, plans ahead and follows through",
+          "low": "spontaneous, careless about order and plans, easily distracted from duties"},
+    "E": {"high": "outgoing, talkative, energetic, enjoys company and excitement",
+          "low": "reserved, quiet, prefers solitude and calm, speaks little"},
+    "A": {"high": "warm, kind, cooperative, trusting and considerate of others",
+          "low": "blunt, critical, competitive, sceptical of others' intentions"},
+    "N": {"high": "anxious, easily worried or upset, moody, sensitive to stress",
+          "low": "calm, emotionally stable, relaxed, rarely upset"},
+}
+
+# The base model's dialogue prompt (the paper's begins "Imagine you are {agent} ..." and asks for at most 50 words).
+# The pipeline reads its own copy from params/prompts/big5chat_dialogue.txt; this one serves tests and quick use.
+DEFAULT_TEMPLATE = (
+    "Imagine you are {agent}, in a conversation with {partner}. What is going on: {narrative}\n\n"
+    "The conversation so far:\n{history}\n\n"
+    "Write {agent}'s next reply, in the first person and within 50 words. Give only the reply."
+)
+TEMPLATE_FIELDS = {"agent", "partner", "narrative", "history"}
+
+SODA_COLUMNS = ("narrative", "dialogue", "speakers", "PersonX", "PersonY", "original_index")
+
+
+def _check(trait: str, level: str) -> None:
+    """Raise a ValueError naming an unknown trait letter or level."""
+    if trait not in TRAITS:
+        raise ValueError(f"unknown trait {trait!r}; expected one of {list(TRAITS)}")
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; expected one of {LEVELS}")
+
+
+def expert_instruction(trait: str, level: str) -> str:
+    """The expert's own prompt (the paper's wording)."""
+    _check(trait, level)
+    return f"Help me complete the sentence with certain Big Five Personality: {TRAITS[trait]} - {level}"
+
+
+def persona_instruction(trait: str, level: str) -> str:
+    """The SFT/DPO instruction, also the instruction-prompt baseline (the paper's wording)."""
+    _check(trait, level)
+    return f"You are a helpful assistant with the following Big Five personality traits: {TRAITS[trait]} - {level}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SODA
+
+
+_STRING = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+def _string_list(raw, what: str) -> list[str]:
+    """A list, or the repr SODA's mirror stores: Python or numpy style ("['a' 'b']", items without commas)."""
+    if isinstance(raw, list):
+        return [str(s) for s in raw]
+    text = str(raw).strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        raise ValueError(f"{what} is not a list of strings: {text[:80]!r}")
+    return [ast.literal_eval(m.group()) for m in _STRING.finditer(text)]
+
+
+def soda_row(row: dict, where: str) -> dict:
+    """One SODA row as {scenario_id, narrative, literal, PersonX, PersonY, turns: [{speaker, text}]}."""
+    missing = [c for c in SODA_COLUMNS if c not in row]
+    if missing:
+        raise ValueError(f"{where}: missing SODA fields {missing}")
+    texts, speakers = _string_list(row["dialogue"], "dialogue"), _string_list(row["speakers"], "speakers")
+    if len(texts) != len(speakers) or not texts:
+        raise ValueError(f"{where}: {len(texts)} dialogue turns but {len(speakers)} speakers")
+    return {"scenario_id": f"soda-{row['original_index']}", "narrative": str(row["narrative"]).strip(),
+            "literal": str(row.get("literal", "")).strip(), "PersonX": row["PersonX"], "PersonY": row["PersonY"],
+            "turns": [{"speaker": s.strip(), "text": t.strip()} for s, t in zip(speakers, texts)]}
+
+
+def load_soda(path: str | Path, limit: int | None = None) -> list[dict]:
+    """SODA scenarios from a JSONL file (the mirror's soda_20.jsonl, or rows exported from allenai/soda)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SODA file not found: {path}")
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{n}: not JSON ({exc})") from exc
+        out.append(soda_row(row, f"{path}:{n}"))
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise ValueError(f"{path}: no SODA scenarios")
+    return out
+
+
+def reply_units(scenarios: list[dict], max_units_per_scenario: int | None = None) -> list[dict]:
+    """Generation units: every turn t >= 1 spoken by PersonX (the agent), with the history before it."""
+    units = []
+    for sc in scenarios:
+        agent, partner = sc["PersonX"], sc["PersonY"]
+        found = 0
+        for t, turn in enumerate(sc["turns"]):
+            if t == 0 or turn["speaker"] != agent:
+                continue
+            if max_units_per_scenario is not None and found >= max_units_per_scenario:
+                break
+            units.append({"unit_id": f"{sc['scenario_id']}/t{t}", "scenario_id": sc["scenario_id"], "agent": agent,
+                          "partner": partner, "narrative": sc["narrative"], "history": sc["turns"][:t]})
+            found += 1
+    return units
+
+
+def dialogue_messages(unit: dict, template: str = DEFAULT_TEMPLATE) -> list[dict]:
+    """The base model's chat: the filled dialogue prompt ("Imagine you are {agent} ...") as the user message."""
+    unknown = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None} - TEMPLATE_FIELDS
+    if unknown:
+        raise ValueError(f"dialogue template has unknown placeholders {sorted(unknown)}; "
+                         f"allowed: {sorted(TEMPLATE_FIELDS)}")
+    history = "\n".join(f"{t['speaker']}: {t['text']}" for t in unit["history"])
+    content = template.format(agent=unit["agent"], partner=unit["partner"], narrative=unit["narrative"],
+                              history=history)
+    return [{"role": "user", "content": content.strip()}]
+
+
+def expert_messages(unit: dict, trait: str, level: str, template: str = DEFAULT_TEMPLATE) -> list[dict]:
+    """The expert's chat: its own instruction as the system message, then the same dialogue prompt."""
+    return [{"role": "system", "content": expert_instruction(trait, level)}, *dialogue_messages(unit, template)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Expert training data
+
+
+def split_by_trait_level(df: pd.DataFrame, trait: str, level: str) -> pd.DataFrame:
+    """Rows of a labelled frame (0/1 columns O..N, as lib.data.load_essays returns) at that trait's level."""
+    _check(trait, level)
+    if trait not in df.columns:
+        raise ValueError(f"frame has no label column {trait!r} (columns: {list(df.columns)})")
+    return df[df[trait] == (1 if level == "high" else 0)]
+
+
+def expert_rows(texts: list[str], trait: str, level: str, max_words: int | None = None) -> list[dict]:
+    """Prompt-completion rows for one expert: its instruction, then a human text written at that level."""
+    prompt = [{"role": "user", "content": expert_instruction(trait, level)}]
+    rows = []
+    for text in texts:
+        words = str(text).split()
+        if max_words is not None:
+            words = words[:max_words]
+        if words:
+            rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": " ".join(words)}]})
+    if not rows:
+        raise ValueError(f"no non-empty texts for the {TRAITS[trait]} - {level} expert")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Student training data
+
+
+def _user_content(generation: dict) -> str:
+    """The dialogue prompt of a generated reply: the last user message of its base chat."""
+    users = [m["content"] for m in generation["messages"] if m["role"] == "user"]
+    if not users:
+        raise ValueError(f"generation {generation.get('unit_id')!r} has no user message")
+    return users[-1]
+
+
+def sft_rows(generations: list[dict]) -> tuple[list[dict], int]:
+    """(rows, skipped): the persona instruction + dialogue prompt -> the reply steered to that trait and level."""
+    rows, skipped = [], 0
+    for g in generations:
+        reply = (g.get("reply") or "").strip()
+        if not reply:
+            skipped += 1
+            continue
+        prompt = [{"role": "system", "content": persona_instruction(g["trait"], g["level"])},
+                  {"role": "user", "content": _user_content(g)}]
+        rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": reply}]})
+    return rows, skipped
+
+
+def dpo_pairs(generations: list[dict]) -> tuple[list[dict], dict]:
+    """(pairs, stats): per unit and trait, the target level's reply is chosen and the opposite level's rejected.
+
+    Both levels serve as the target, so a complete group gives two pairs. Replies are grouped by unit id (one
+    scenario and turn), so a pair never mixes scenarios or turns; a unit id seen with two scenario ids is an error.
+    """
+    groups: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
+    scenario_of: dict[str, str] = {}
+    for g in generations:
+        _check(g["trait"], g["level"])
+        seen = scenario_of.setdefault(g["unit_id"], g["scenario_id"])
+        if seen != g["scenario_id"]:
+            raise ValueError(f"unit {g['unit_id']!r} appears under scenarios {seen!r} and {g['scenario_id']!r}")
+        slot = groups[(g["unit_id"], g["trait"])]
+        if g["level"] in slot:
+            raise ValueError(f"unit {g['unit_id']!r}, trait {g['trait']}: two replies at level {g['level']!r}")
+        slot[g["level"]] = g
+    pairs, stats = [], Counter()
+    for (_, trait), slot in groups.items():
+        if set(slot) != set(LEVELS):
+            stats["missing_level"] += 1
+            continue
+        replies = {lvl: (slot[lvl].get("reply") or "").strip() for lvl in LEVELS}
+        if not all(replies.values()):
+            stats["empty_reply"] += 1
+            continue
+        if replies["high"] == replies["low"]:
+            stats["identical"] += 1
+            continue
+        for target in LEVELS:
+            prompt = [{"role": "system", "content": persona_instruction(trait, target)},
+                      {"role": "user", "content": _user_content(slot[target])}]
+            pairs.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": replies[target]}],
+                          "rejected": [{"role": "assistant", "content": replies[OPPOSITE[target]]}]})
+        stats["groups_used"] += 1
+    return pairs, dict(stats)
+
+
+def split_units(unit_ids: list[str], test_fraction: float, seed: int = 0) -> dict[str, str]:
+    """unit id -> 'train' | 'test', by hash (every reply of a unit lands on the same side)."""
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    return {u: split_of(u, test_fraction, seed) for u in dict.fromkeys(unit_ids)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompting baselines
+
+
+def demo_messages(trait: str, level: str, descriptions: dict, examples: list[str]) -> list[dict]:
+    """The "demo" baseline: the instruction, a description of the level, and texts by people at that level."""
+    _check(trait, level)
+    lines = [persona_instruction(trait, level) + ".",
+             f"People with {level} {TRAITS[trait].lower()} are {descriptions[trait][level]}."]
+    if examples:
+        lines.append("Here is how such people write:")
+        lines += [f"- {ex.strip()}" for ex in examples if ex.strip()]
+    return [{"role": "system", "content": "\n".join(lines)}]

@@ -1,0 +1,345 @@
+"""DExperts decoding with LoRA trait experts on one shared base model (BIG5-CHAT, arXiv 2410.16491, §3).
+
+At every generated token the next-token logits are
+
+    logits = base + alpha * expert  (- alpha * antiexpert, optionally)
+
+where the expert (and anti-expert) is a LoRA adapter on the same base model and reads its OWN prompt (the expert
+instruction), while the base reads the dialogue prompt. During the first `join_after` generated tokens the token
+comes from the base logits alone; it is still fed to every row, so the experts' KV caches stay in step.
+
+Because all experts are adapters of one base, the base rows, the expert rows and the anti-expert rows of a batch
+run through ONE forward per token (`mode="batched"`: peft's mixed-adapter batches, `adapter_names=[...]` with
+"__base__" for the base rows), each row with its own KV cache slot. `mode="separate"` runs the same algorithm
+with one forward for the base (adapters disabled) and one per expert group (that adapter active alone), which is
+what the paper's code does with separate models; `mode="base"` decodes the base rows only (the cost floor).
+benchmarks/dexperts_batching.py compares the three.
+
+Usage:
+    model, tokenizer = load_experts(base_dir, {"O_high": dir1, "O_low": dir2})
+    replies = dexperts_generate(model, tokenizer, base_chats, expert_chats, experts=["O_high", ...], alpha=0.5)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lib.models import load_for_inference
+
+BASE = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
+MODES = ("batched", "separate", "base")
+ROLES = ("base", "expert", "anti")
+
+Prompt = list[dict] | list[int]  # a chat (messages) or token ids
+
+
+def load_experts(base_path: str | Path, adapters: dict[str, str | Path]) -> tuple:
+    """Load the base model with every saved LoRA adapter under its name: (PeftModel in eval mode, tokenizer).
+
+    The tokenizer pads on the left (lib.models.load_for_inference). The first adapter is loaded with
+    PeftModel.from_pretrained, the others with load_adapter, so all share one copy of the base weights.
+    """
+    if not adapters:
+        raise ValueError("adapters is empty; give at least one {name: adapter_dir}")
+    for name, path in adapters.items():
+        if name == BASE:
+            raise ValueError(f"adapter name {BASE!r} is reserved for the base rows of a mixed batch")
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"adapter {name!r}: {path} has no adapter_config.json; is it a saved LoRA adapter?")
+    from peft import PeftModel
+
+    base, tokenizer = load_for_inference(base_path)
+    (first, first_path), *rest = adapters.items()
+    model = PeftModel.from_pretrained(base, str(first_path), adapter_name=first)
+    for name, path in rest:
+        model.load_adapter(str(path), adapter_name=name)
+    model.eval()
+    return model, tokenizer
+
+
+@dataclass
+class DExpertsStats:
+    """What one dexperts_generate call did: for benchmarks and token-level tests."""
+    tokens: int  # new tokens generated over all samples (a stop token counts; nothing after it does)
+    seconds: float  # wall time of the whole call
+    forwards: int  # model forward calls (prefills included)
+    prefill_seconds: float  # of `seconds`, the prompt forwards (the rest is mostly one decoding step per token)
+    token_ids: list[list[int]] = field(repr=False)  # per sample, the new token ids (with the stop token, if any)
+
+
+def dexperts_generate(model, tokenizer, base_chats: list[Prompt], expert_chats: list[Prompt], experts: list[str],
+                      alpha: float = 0.5, antiexperts: list[str | None] | None = None, max_new_tokens: int = 64,
+                      join_after: int = 5, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                      batch_size: int = 8, mode: str = "batched", ignore_eos: bool = False,
+                      return_stats: bool = False) -> list[str] | tuple[list[str], DExpertsStats]:
+    """Generate one reply per sample with DExperts steering; returns the new text of each, stripped.
+
+    Sample i: the base reads base_chats[i], adapter experts[i] reads expert_chats[i], and adapter antiexperts[i]
+    (None: no anti-expert) reads expert_chats[i] too. Prompts are chats (formatted with the chat template and a
+    generation prompt) or token-id lists (used as they are). Greedy when temperature == 0, else temperature +
+    top-p sampling from a torch.Generator seeded with `seed`. A sample stops at the tokenizer's EOS or
+    <|im_end|> unless `ignore_eos` (benchmarks). `mode`: "batched" (one mixed-adapter forward per token),
+    "separate" (base forward + one per adapter group) or "base" (base rows only, experts ignored); batched and
+    separate give the same tokens. With return_stats, returns (replies, DExpertsStats).
+    """
+    import torch
+
+    antiexperts = list(antiexperts) if antiexperts is not None else [None] * len(base_chats)
+    _validate(model, base_chats, expert_chats, experts, antiexperts, max_new_tokens, join_after, temperature,
+              top_p, batch_size, mode)
+    start = time.perf_counter()
+    base_ids = [_prompt_ids(tokenizer, p) for p in base_chats]
+    expert_ids = [_prompt_ids(tokenizer, p) for p in expert_chats]
+    decoding = _Decoding(alpha=alpha, max_new_tokens=max_new_tokens, join_after=join_after, temperature=temperature,
+                         top_p=top_p, stop_ids=set() if ignore_eos else _stop_ids(tokenizer),
+                         pad_id=tokenizer.pad_token_id, generator=torch.Generator(model.device).manual_seed(seed))
+    token_ids: list[list[int]] = []
+    forwards, prefill_seconds = 0, 0.0
+    active = model.active_adapter  # separate mode switches adapters; the caller gets its own setting back
+    try:
+        for lo in range(0, len(base_ids), batch_size):
+            chunk = slice(lo, lo + batch_size)
+            streams = _streams(model, mode, base_ids[chunk], expert_ids[chunk], experts[chunk], antiexperts[chunk],
+                               decoding.pad_id)
+            new, n, prefill = _decode_chunk(streams, decoding, n_samples=len(base_ids[chunk]))
+            token_ids.extend(new)
+            forwards += n
+            prefill_seconds += prefill
+    finally:
+        if model.active_adapter != active:
+            model.set_adapter(active, inference_mode=True)
+    stop = decoding.stop_ids
+    replies = [tokenizer.decode(ids[:-1] if ids and ids[-1] in stop else ids, skip_special_tokens=True).strip()
+               for ids in token_ids]
+    if not return_stats:
+        return replies
+    stats = DExpertsStats(tokens=sum(map(len, token_ids)), seconds=time.perf_counter() - start, forwards=forwards,
+                          prefill_seconds=prefill_seconds, token_ids=token_ids)
+    return replies, stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _validate(model, base_chats: list, expert_chats: list, experts: list[str], antiexperts: list[str | None],
+              max_new_tokens: int, join_after: int, temperature: float, top_p: float, batch_size: int,
+              mode: str) -> None:
+    """Reject inconsistent or unknown inputs before any work, naming the offending value."""
+    lengths = {"base_chats": len(base_chats), "expert_chats": len(expert_chats), "experts": len(experts),
+               "antiexperts": len(antiexperts)}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"per-sample inputs must have equal lengths, got {lengths}")
+    if not base_chats:
+        raise ValueError("no samples: base_chats is empty")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if join_after < 0:
+        raise ValueError(f"join_after must be >= 0, got {join_after}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    known = set(getattr(model, "peft_config", {}))
+    if not known:
+        raise ValueError(f"model {type(model).__name__} has no LoRA adapters; load it with load_experts")
+    for what, names in (("experts", experts), ("antiexperts", antiexperts)):
+        for i, name in enumerate(names):
+            if (name is not None or what == "experts") and name not in known:
+                raise ValueError(f"{what}[{i}] = {name!r} is not a loaded adapter; known: {sorted(known)}")
+    if model.training:
+        raise ValueError("model is in training mode (dropout on); call model.eval() first")
+
+
+def _prompt_ids(tokenizer, prompt: Prompt) -> list[int]:
+    """Token ids of a prompt: a chat is formatted with the chat template and the assistant generation prompt."""
+    if prompt and all(isinstance(t, int) for t in prompt):
+        return list(prompt)
+    if prompt and all(isinstance(m, dict) for m in prompt):
+        # The template inserts any special tokens itself; adding them again would duplicate the BOS.
+        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    raise ValueError(f"a prompt must be a non-empty list of chat messages or of token ids, got {prompt!r:.200}")
+
+
+def _stop_ids(tokenizer) -> set[int]:
+    """Token ids that end a reply: the tokenizer's EOS and, where the vocabulary has it, ChatML's <|im_end|>."""
+    stop = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    im_end = tokenizer.get_vocab().get("<|im_end|>")
+    return stop | ({im_end} if im_end is not None else set())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streams: groups of rows decoded by one KV-cached forward per step
+
+
+@dataclass
+class _Stream:
+    """Rows that run through one forward per step, with one KV cache.
+
+    `adapter` is None (adapters disabled: the base), an adapter name (that adapter active alone) or a per-row
+    list for peft's mixed-adapter batch. Row r plays `roles[r]` ("base", "expert" or "anti") for sample
+    `samples[r]` of the chunk.
+    """
+    model: Any
+    adapter: str | list[str] | None
+    roles: list[str]
+    samples: Any  # LongTensor (rows,)
+    input_ids: Any  # LongTensor (rows, prompt length), left padded
+    mask: Any  # LongTensor (rows, tokens so far)
+    cache: Any = None
+
+    def prefill(self):
+        """Run the padded prompts; returns the last position's logits (rows, vocab)."""
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)  # left padding: every row's text starts at position 0
+        return self._forward(self.input_ids, positions)
+
+    def step(self, tokens):
+        """Feed one token per row (LongTensor (rows,)); returns the next logits (rows, vocab)."""
+        import torch
+
+        positions = self.mask.sum(-1, keepdim=True)  # = last position + 1
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=-1)
+        return self._forward(tokens[:, None], positions)
+
+    def _forward(self, input_ids, positions):
+        """One forward of these rows with their adapter setting; keeps the returned KV cache."""
+        kwargs = {"input_ids": input_ids, "attention_mask": self.mask, "position_ids": positions,
+                  "past_key_values": self.cache, "use_cache": True, "logits_to_keep": 1}
+        if self.adapter is None:
+            with self.model.disable_adapter():
+                out = self.model(**kwargs)
+        elif isinstance(self.adapter, str):
+            self.model.set_adapter(self.adapter, inference_mode=True)
+            out = self.model(**kwargs)
+        else:
+            out = self.model(**kwargs, adapter_names=self.adapter)
+        self.cache = out.past_key_values
+        return out.logits[:, -1, :]
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple:
+    """(input_ids, attention_mask) LongTensors with each row right-aligned, pads on the left."""
+    import torch
+
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[r, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _stream(model, adapter: str | list[str] | None, rows: list[tuple[str, int, list[int]]], pad_id: int) -> _Stream:
+    """A stream over (role, sample index, prompt ids) rows."""
+    import torch
+
+    ids, mask = _left_pad([prompt for _, _, prompt in rows], pad_id, model.device)
+    return _Stream(model=model, adapter=adapter, roles=[role for role, _, _ in rows],
+                   samples=torch.tensor([i for _, i, _ in rows], device=model.device), input_ids=ids, mask=mask)
+
+
+def _streams(model, mode: str, base_ids: list[list[int]], expert_ids: list[list[int]], experts: list[str],
+             antiexperts: list[str | None], pad_id: int) -> list[_Stream]:
+    """The streams of one chunk of samples for `mode` (see the module docstring)."""
+    base_rows = [("base", i, ids) for i, ids in enumerate(base_ids)]
+    if mode == "base":
+        return [_stream(model, None, base_rows, pad_id)]
+    # (adapter, role, sample, prompt) for every expert-side row; expert and anti rows share the expert prompt.
+    steer = [(name, "expert", i, expert_ids[i]) for i, name in enumerate(experts)]
+    steer += [(name, "anti", i, expert_ids[i]) for i, name in enumerate(antiexperts) if name is not None]
+    if mode == "batched":
+        adapters = [BASE] * len(base_rows) + [name for name, _, _, _ in steer]
+        return [_stream(model, adapters, base_rows + [(role, i, ids) for _, role, i, ids in steer], pad_id)]
+    streams = [_stream(model, None, base_rows, pad_id)]
+    for name in dict.fromkeys(name for name, _, _, _ in steer):  # first-seen order
+        streams.append(_stream(model, name, [(role, i, ids) for n, role, i, ids in steer if n == name], pad_id))
+    return streams
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decoding
+
+
+@dataclass
+class _Decoding:
+    """Settings shared by every chunk of one dexperts_generate call."""
+    alpha: float
+    max_new_tokens: int
+    join_after: int
+    temperature: float
+    top_p: float
+    stop_ids: set[int]
+    pad_id: int
+    generator: Any
+
+
+def _by_role(streams: list[_Stream], logits: list, n_samples: int) -> dict:
+    """Scatter each stream's logits into per-role (samples, vocab) tensors; absent anti-experts stay zero."""
+    import torch
+
+    vocab = logits[0].shape[-1]
+    out = {role: torch.zeros(n_samples, vocab, dtype=logits[0].dtype, device=logits[0].device) for role in ROLES}
+    for stream, rows_logits in zip(streams, logits):
+        for role in ROLES:
+            rows = [r for r, rr in enumerate(stream.roles) if rr == role]
+            if rows:
+                out[role][stream.samples[rows]] = rows_logits[rows]
+    return out
+
+
+def _combine(by_role: dict, alpha: float, expert_joined: bool, has_anti: bool):
+    """DExperts logits: base alone before the expert joins, else base + alpha * expert (- alpha * anti-expert)."""
+    if not expert_joined:
+        return by_role["base"]
+    logits = by_role["base"] + alpha * by_role["expert"]
+    return logits - alpha * by_role["anti"] if has_anti else logits
+
+
+def _choose(logits, temperature: float, top_p: float, generator):
+    """Next token per row: argmax when temperature == 0, else a temperature + top-p (nucleus) sample."""
+    import torch
+
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the mass before this token already reaches top_p
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # multinomial renormalizes
+
+
+def _decode_chunk(streams: list[_Stream], d: _Decoding, n_samples: int) -> tuple[list[list[int]], int, float]:
+    """Decode one chunk of samples: (new token ids per sample, number of forwards, prefill seconds)."""
+    import torch
+
+    has_anti = any("anti" in s.roles for s in streams)
+    new: list[list[int]] = [[] for _ in range(n_samples)]
+    done = [False] * n_samples
+    with torch.inference_mode():
+        start = time.perf_counter()
+        logits = [s.prefill() for s in streams]
+        prefill_seconds = time.perf_counter() - start
+        forwards = len(streams)
+        for step in range(d.max_new_tokens):
+            by_role = _by_role(streams, logits, n_samples)
+            tokens = _choose(_combine(by_role, d.alpha, step >= d.join_after, has_anti), d.temperature, d.top_p,
+                             d.generator)
+            for i, token in enumerate(tokens.tolist()):
+                if not done[i]:
+                    new[i].append(token)
+                    done[i] = token in d.stop_ids
+            if all(done) or step == d.max_new_tokens - 1:
+                break
+            tokens = tokens.masked_fill(torch.tensor(done, device=tokens.device), d.pad_id)  # finished: filler
+            logits = [s.step(tokens[s.samples]) for s in streams]
+            forwards += len(streams)
+    return new, forwards, prefill_seconds

@@ -1,0 +1,224 @@
+"""lib.dexperts on a tiny random Llama with random LoRA adapters: steering, batching modes, input checks."""
+import copy
+
+import pytest
+import torch
+
+from lib import dexperts
+from lib.models import load_for_inference
+
+ADAPTERS = ("O_high", "O_low", "C_high")
+CHATS = [
+    [{"role": "user", "content": "How are you?"}],
+    [{"role": "user", "content": "We talked about work, friends, music and the weekend plans. How did it feel?"}],
+    [{"role": "system", "content": "I feel calm."}, {"role": "user", "content": "A long walk by the river today."}],
+]
+EXPERT_CHATS = [[{"role": "system", "content": "Help me complete the sentence: happy"}, *chat] for chat in CHATS]
+N_NEW = 10
+
+
+@pytest.fixture(scope="module")
+def varied_dir(tiny_llama_dir, tmp_path_factory):
+    """The tiny Llama with weights of std 0.3: at the default std 0.02 greedy decoding repeats one token forever,
+    which would let a broken decoder pass; at 0.3 the greedy continuation varies with the prompt and the step."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("varied_llama")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, 0.3)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapter_dirs(varied_dir, tmp_path_factory):
+    """Three saved LoRA adapters with random A and B (init_lora_weights=False), so each really changes the logits."""
+    from peft import LoraConfig, get_peft_model
+
+    root = tmp_path_factory.mktemp("adapters")
+    dirs = {}
+    for k, name in enumerate(ADAPTERS):
+        base, _ = load_for_inference(varied_dir)
+        torch.manual_seed(100 + k)
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                            init_lora_weights=False)
+        get_peft_model(base, config).save_pretrained(root / name)
+        dirs[name] = root / name
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def experts(varied_dir, adapter_dirs):
+    """(PeftModel with the three adapters, tokenizer)."""
+    return dexperts.load_experts(varied_dir, adapter_dirs)
+
+
+@pytest.fixture(scope="module")
+def base_greedy(varied_dir):
+    """Plain transformers greedy decoding of each chat, one at a time (no padding), by the base model alone."""
+    model, tok = load_for_inference(varied_dir)
+    outs = []
+    for chat in CHATS:
+        enc = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        out = model.generate(**enc, max_new_tokens=N_NEW, do_sample=False)
+        outs.append(out[0, enc["input_ids"].shape[1]:].tolist())
+    return outs
+
+
+def run(experts, mode="batched", expert_names=("O_high", "O_low", "C_high"), **kwargs):
+    """dexperts_generate on the three chats; returns (replies, stats)."""
+    model, tok = experts
+    kwargs = {"max_new_tokens": N_NEW, "batch_size": 3, **kwargs}
+    return dexperts.dexperts_generate(model, tok, CHATS, EXPERT_CHATS, list(expert_names), mode=mode,
+                                      return_stats=True, **kwargs)
+
+
+def test_load_experts_names_every_adapter_and_pads_left(experts):
+    model, tok = experts
+    assert sorted(model.peft_config) == sorted(ADAPTERS)
+    assert tok.padding_side == "left"
+    assert not model.training
+
+
+def test_load_experts_rejects_dir_without_adapter_config(varied_dir, adapter_dirs, tmp_path):
+    with pytest.raises(FileNotFoundError, match="adapter 'bad'.*adapter_config.json"):
+        dexperts.load_experts(varied_dir, {"O_high": adapter_dirs["O_high"], "bad": tmp_path})
+
+
+def test_reference_is_not_degenerate(base_greedy):
+    # The comparisons below are only meaningful if greedy decoding varies across prompts and steps.
+    assert len({tuple(ids) for ids in base_greedy}) == 3
+    assert all(len(set(ids)) >= 3 and len(ids) == N_NEW for ids in base_greedy)
+
+
+@pytest.mark.parametrize("mode", ["batched", "separate", "base"])
+def test_alpha_zero_reproduces_plain_greedy_decoding(experts, base_greedy, mode):
+    # batch_size 2: the 3 prompts of different lengths run as two chunks, the first with left padding.
+    replies, stats = run(experts, mode=mode, alpha=0.0, batch_size=2)
+    assert stats.token_ids == base_greedy
+    _, tok = experts
+    assert replies == [tok.decode(ids, skip_special_tokens=True).strip() for ids in base_greedy]
+    assert stats.tokens == 3 * N_NEW
+
+
+def test_forward_counts_per_mode(experts):
+    # Chunks of 2 + 1 samples, N_NEW forwards per stream (1 prefill + N_NEW - 1 steps).
+    assert run(experts, "batched", batch_size=2)[1].forwards == 2 * N_NEW
+    assert run(experts, "base", batch_size=2)[1].forwards == 2 * N_NEW
+    # separate: base + O_high + O_low streams, then base + C_high.
+    stats = run(experts, "separate", batch_size=2)[1]
+    assert stats.forwards == 3 * N_NEW + 2 * N_NEW
+    assert 0 < stats.prefill_seconds < stats.seconds
+
+
+def test_mixed_adapter_batch_forward_equals_each_adapter_alone(experts):
+    model, tok = experts
+    names = ["__base__", "O_high", "O_low", "O_high"]
+    prompts = [dexperts._prompt_ids(tok, chat) for chat in (*CHATS, CHATS[0])]
+    rows = [("expert", i, ids) for i, ids in enumerate(prompts)]
+    steps = torch.tensor([[5, 9, 17, 5], [40, 2, 7, 40]])  # two decoding steps after the prefill
+    with torch.inference_mode():
+        mixed = dexperts._stream(model, names, rows, tok.pad_token_id)
+        got = [mixed.prefill(), *(mixed.step(tokens) for tokens in steps)]
+        for r, name in enumerate(names):
+            alone = dexperts._stream(model, None if name == "__base__" else name, [rows[r]], tok.pad_token_id)
+            want = [alone.prefill(), *(alone.step(tokens[r:r + 1]) for tokens in steps)]
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g[r:r + 1], w, atol=1e-4, rtol=0)
+    # The adapter really changes the logits: rows 0 (base) and 3 (O_high) read the same prompt.
+    assert (got[0][3] - got[0][0]).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("alpha", [0.5, 2.0])
+def test_batched_and_separate_modes_give_identical_tokens(experts, alpha):
+    anti = ["O_low", None, "O_high"]
+    batched = run(experts, "batched", alpha=alpha, antiexperts=anti)[1].token_ids
+    separate = run(experts, "separate", alpha=alpha, antiexperts=anti)[1].token_ids
+    assert batched == separate
+    assert all(len(ids) == N_NEW for ids in batched)
+
+
+def test_expert_joins_only_after_join_after_tokens(experts, base_greedy):
+    steered = run(experts, alpha=20.0, join_after=4)[1].token_ids
+    assert [ids[:4] for ids in steered] == [ids[:4] for ids in base_greedy]
+    assert [ids[4:] for ids in steered] != [ids[4:] for ids in base_greedy]
+    assert [ids[4] for ids in steered] != [ids[4] for ids in base_greedy]  # it steers from the very next token
+    from_start = run(experts, alpha=20.0, join_after=0)[1].token_ids
+    assert [ids[0] for ids in from_start] != [ids[0] for ids in base_greedy]
+
+
+def test_antiexpert_changes_the_result(experts):
+    plain = run(experts, alpha=2.0, join_after=0)[1].token_ids
+    anti = run(experts, alpha=2.0, join_after=0, antiexperts=["O_low", "O_low", "O_low"])[1].token_ids
+    assert plain != anti
+
+
+def test_token_id_prompts_equal_chat_prompts(experts):
+    model, tok = experts
+    ids = [dexperts._prompt_ids(tok, chat) for chat in CHATS]
+    expert_ids = [dexperts._prompt_ids(tok, chat) for chat in EXPERT_CHATS]
+    from_ids = dexperts.dexperts_generate(model, tok, ids, expert_ids, list(ADAPTERS), alpha=2.0,
+                                         max_new_tokens=N_NEW)
+    assert from_ids == run(experts, alpha=2.0)[0]
+
+
+def test_stops_at_eos_and_returns_text_before_it(experts, base_greedy):
+    model, _ = experts
+    tok = copy.deepcopy(experts[1])
+    stop = base_greedy[0][3]  # make the 4th greedy token of chat 0 the EOS
+    tok.eos_token = tok.convert_ids_to_tokens(stop)
+    replies, stats = dexperts.dexperts_generate(model, tok, CHATS[:1], EXPERT_CHATS[:1], ["O_high"], alpha=0.0,
+                                                max_new_tokens=N_NEW, return_stats=True)
+    cut = base_greedy[0].index(stop) + 1
+    assert stats.token_ids == [base_greedy[0][:cut]]
+    assert replies == [tok.decode(base_greedy[0][:cut - 1], skip_special_tokens=True).strip()]
+    _, ignored = dexperts.dexperts_generate(model, tok, CHATS[:1], EXPERT_CHATS[:1], ["O_high"], alpha=0.0,
+                                            max_new_tokens=N_NEW, ignore_eos=True, return_stats=True)
+    assert ignored.token_ids == [base_greedy[0]]
+
+
+def test_sampling_is_seeded_and_same_in_both_modes(experts):
+    kwargs = {"alpha": 0.5, "temperature": 1.0, "top_p": 0.9, "join_after": 2}
+    first = run(experts, seed=1, **kwargs)[1].token_ids
+    assert run(experts, seed=1, **kwargs)[1].token_ids == first
+    assert run(experts, "separate", seed=1, **kwargs)[1].token_ids == first
+    assert run(experts, seed=2, **kwargs)[1].token_ids != first
+    assert first != run(experts, alpha=0.5, join_after=2)[1].token_ids  # sampling, not greedy
+
+
+def test_separate_mode_restores_the_active_adapter(experts):
+    model, _ = experts
+    before = model.active_adapter
+    run(experts, "separate", expert_names=("C_high", "O_low", "C_high"))
+    assert model.active_adapter == before
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"experts": ["O_high", "O_low"]}, "equal lengths"),
+    ({"experts": ["O_high", "nope", "O_low"]}, r"experts\[1\] = 'nope'"),
+    ({"antiexperts": [None, None, "missing"]}, r"antiexperts\[2\] = 'missing'"),
+    ({"experts": ["O_high", "__base__", "O_low"]}, r"experts\[1\] = '__base__'"),
+    ({"join_after": -1}, "join_after must be >= 0, got -1"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1, got 0"),
+    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"mode": "fast"}, "mode must be one of .* got 'fast'"),
+    ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
+    ({"temperature": -1.0}, "temperature must be >= 0, got -1.0"),
+    ({"expert_chats": [[], [1, 2], [3]]}, "non-empty list of chat messages or of token ids"),
+])
+def test_bad_inputs_raise_value_error_naming_the_problem(experts, change, message):
+    model, tok = experts
+    kwargs = {"base_chats": CHATS, "expert_chats": EXPERT_CHATS, "experts": list(ADAPTERS), **change}
+    with pytest.raises(ValueError, match=message):
+        dexperts.dexperts_generate(model, tok, **kwargs)
+
+
+def test_plain_model_without_adapters_is_rejected(varied_dir):
+    model, tok = load_for_inference(varied_dir)
+    with pytest.raises(ValueError, match="has no LoRA adapters"):
+        dexperts.dexperts_generate(model, tok, CHATS, EXPERT_CHATS, list(ADAPTERS))
