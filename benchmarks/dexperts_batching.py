@@ -14,7 +14,6 @@ n_samples x max_new_tokens tokens. Uses trained experts under models/dexperts/ w
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.results_io import save_result
 from lib import dexperts  # after the sys.path line above
 from lib.big5chat import LEVELS, TRAITS, expert_instruction
 from lib.models import load_for_inference
@@ -132,10 +132,7 @@ def main() -> None:
     result["identical_samples_batched_vs_separate"] = sum(a == b for a, b in zip(batched_ids, separate_ids))
     result["example_reply"] = runs["batched"][0][0][0]
     result["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    print(json.dumps(result, indent=2))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save_result(result, args.out)
 
 
 if __name__ == "__main__":

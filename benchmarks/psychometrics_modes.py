@@ -20,7 +20,6 @@ with seed 0, n_runs runs); times are reported per item-administration (one item 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -31,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.results_io import save_result
 from lib import psychometrics as pm  # after the sys.path line above
 from lib.models import load_for_inference
 
@@ -123,10 +123,7 @@ def main() -> None:
                                                               / timing["seconds_per_item"], 2)
            for size, timing in generation_prefix.items()},
     }
-    print(json.dumps(result, indent=2))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save_result(result, args.out)
 
 
 if __name__ == "__main__":

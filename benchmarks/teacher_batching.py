@@ -11,7 +11,6 @@ can make generation ~8x slower.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.results_io import save_result
 from lib.teacher import LocalTeacher, Sampling  # after the sys.path line above
 
 TOPICS = ["a long walk by the river", "a stressful week at work", "learning to play the guitar", "a rainy Sunday",
@@ -83,10 +83,7 @@ def main() -> None:
         "speedup_tokens_per_s": round(batched["tokens_per_s"] / single["tokens_per_s"], 2),
         "identical_replies": same,
     }
-    print(json.dumps(result, indent=2))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,68 +21,46 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ("tiny", "cpu", "paper")
-OPT_INT, OPT_STR, OPT_FLOAT = (int, type(None)), (str, type(None)), (float, int, type(None))
-NUM = (float, int)
-ANY_DICT = "any-dict"  # free-form: checked against the library signature it feeds (see check_kwargs)
-PATH = "path"          # a str naming a file that must exist (relative to the repo root)
-DATA_PATH = "data-path"  # same, relative to data.root
+SCHEMA_FILE = ROOT / "params" / "schema.yaml"  # the shape of a params file; its leaf syntax is explained there
+TYPES: dict[str, tuple] = {"str": (str,), "int": (int,), "num": (float, int), "bool": (bool,), "list": (list,),
+                           "dict": (dict,), "path": (str,), "data-path": (str,)}
 
 
 class ParamsError(ValueError):
     """A params file that cannot drive a stage: the message names the file and the key."""
 
 
-SCHEMA: dict[str, Any] = {
-    "data": {"root": str},
-    "models": {"student": str, "teacher": str, "embedder": str, "classifier_encoder": str},
-    "scrape": {"jic": {
-        "source": str, "essays_path": DATA_PATH, "classifier_folds": list, "journal_folds": list,
-        "max_authors": OPT_INT, "sentences_per_entry": int, "min_words": int, "max_entries_per_author": OPT_INT,
-        "subreddit": str, "after": str, "before": str, "max_items": OPT_INT, "salt_env": str},
-        "big5chat": {"soda_path": DATA_PATH, "max_scenarios": OPT_INT, "essays_path": DATA_PATH, "expert_folds": list,
-                     "texts_per_expert": OPT_INT, "text_words": int}},
-    "cluster": {"jic": {"method": str, "k_min": int, "k_max": int, "min_entries": int, "batch_size": int,
-                        "max_seq_length": int, "seed": int}},
-    "classifier": {"backend": str, "source": str, "test_folds": list, "max_per_fold": OPT_INT, "C": NUM, "threshold": NUM,
-                   "batch_size": int, "max_seq_length": int, "learning_rate": NUM,
-                   "per_device_train_batch_size": int, "num_train_epochs": NUM, "seed": int},
-    "filter": {"jic": {"alpha": OPT_FLOAT, "beta": NUM, "alphas": list, "betas": list, "min_entries": int,
-                       "n_pairs": int, "max_pairs_per_author": OPT_INT, "journal_words": int, "seed": int}},
-    "synthesize": {"jic": {
-        "backend": str, "base_url": OPT_STR, "api_key_env": str, "mode": str, "template": PATH,
-        "system_prompt": PATH, "n_turns": int, "max_words": int, "temperature": NUM, "top_p": NUM,
-        "max_new_tokens": int, "max_repairs": int, "batch_size": int, "max_concurrency": int,
-        "max_retries": int, "seed": int}},
-    "dexperts": {"template": PATH, "traits": list, "max_units_per_scenario": OPT_INT,
-                 "expert": {"max_seq_length": int, "lora": ANY_DICT, "args": ANY_DICT},
-                 "alpha": NUM, "antiexpert": bool, "join_after": int, "max_new_tokens": int, "temperature": NUM,
-                 "top_p": NUM, "batch_size": int, "sweep_alphas": list, "sweep_scenarios": int, "seed": int},
-    "sft": {"jic": {"test_fraction": NUM, "split_seed": int, "system_prompt": str, "max_seq_length": int,
-                    "load_in_4bit": bool, "raft": {"top_k": int, "lambda_": NUM, "segment_words": int},
-                    "lora": ANY_DICT, "args": ANY_DICT},
-            "big5chat": {"test_fraction": NUM, "split_seed": int, "max_seq_length": int, "load_in_4bit": bool,
-                         "lora": ANY_DICT, "args": ANY_DICT}},
-    "dpo": {"big5chat": {"max_seq_length": int, "load_in_4bit": bool, "lora": ANY_DICT, "args": ANY_DICT}},
-    "generate": {"jic": {"n_prefix_turns": int, "max_new_tokens": int, "temperature": NUM, "batch_size": int,
-                         "max_dialogues": OPT_INT},
-                 "big5chat": {"instruments": list, "traits": list, "demo_examples": int, "demo_words": int,
-                              "loglik_batch_size": int,
-                              "generation": {"instruments": list, "n_runs": int, "temperature": NUM, "top_p": NUM,
-                                             "max_new_tokens": int, "batch_size": int},
-                              "seed": int}},
-    "eval": {"jic": {"bertscore": bool, "bertscore_layers": int},
-             "big5chat": {"primary": str}},
-}
+@dataclass(frozen=True)
+class Leaf:
+    """One leaf of params/schema.yaml: the accepted types, the allowed strings (a choice) or a file to check."""
+    types: tuple
+    choices: tuple[str, ...] = ()
+    file: str | None = None  # "path" (relative to the repo root) or "data-path" (relative to data.root)
 
-CHOICES = {
-    ("scrape", "jic", "source"): ("essays", "pullpush"),
-    ("cluster", "jic", "method"): ("kmeans", "agglomerative"),
-    ("classifier", "backend"): ("embedding_logreg", "finetune"),
-    ("classifier", "source"): ("essays", "pandora"),
-    ("synthesize", "jic", "backend"): ("local", "openai"),
-    ("synthesize", "jic", "mode"): ("whole", "turn"),
-    ("eval", "big5chat", "primary"): ("loglik", "generation"),
-}
+    @classmethod
+    def parse(cls, spec: Any, where: str) -> Leaf:
+        if not isinstance(spec, str) or not spec.strip():
+            raise ParamsError(f"{_rel(SCHEMA_FILE)}: {where}: a leaf must be a type name, got {spec!r}")
+        name, nullable = spec.strip(), False
+        if name.endswith(" or null"):
+            name, nullable = name[: -len(" or null")].strip(), True
+        if "|" in name:
+            return cls(types=(str,) + ((type(None),) if nullable else ()), choices=tuple(name.split("|")))
+        if name not in TYPES:
+            raise ParamsError(f"{_rel(SCHEMA_FILE)}: {where}: unknown type {name!r}; expected one of {sorted(TYPES)}, "
+                              "'a|b' or '<type> or null'")
+        return cls(types=TYPES[name] + ((type(None),) if nullable else ()),
+                   file=name if name in ("path", "data-path") else None)
+
+
+def schema() -> dict:
+    """params/schema.yaml with every leaf parsed into a Leaf."""
+    def parse(node: Any, keys: tuple) -> Any:
+        if isinstance(node, dict):
+            return {key: parse(sub, keys + (key,)) for key, sub in node.items()}
+        return Leaf.parse(node, ".".join(keys))
+
+    return parse(_read_yaml(SCHEMA_FILE), ())
 
 
 def profile_path(profile: str) -> Path:
@@ -108,15 +87,12 @@ def load(profile: str | None = None, check_files: bool = True) -> dict:
 
 
 def load_file(path: Path, check_files: bool = True) -> dict:
-    """Validate one params file against SCHEMA and CHOICES (and that the files it names exist)."""
+    """Validate one params file against params/schema.yaml (and that the files it names exist)."""
     cfg = _read_yaml(path)
-    _validate(cfg, SCHEMA, path, ())
-    for key_path, allowed in CHOICES.items():
-        value = _get(cfg, key_path)
-        if value not in allowed:
-            raise ParamsError(f"{_rel(path)}: {'.'.join(key_path)} = {value!r}; expected one of {allowed}")
+    shape = schema()
+    _validate(cfg, shape, path, ())
     if check_files:
-        _check_files(cfg, SCHEMA, path, ())
+        _check_files(cfg, shape, path, ())
     return cfg
 
 
@@ -172,52 +148,43 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _validate(node: Any, schema: Any, path: Path, keys: tuple) -> None:
+def _validate(node: Any, shape: dict | Leaf, path: Path, keys: tuple) -> None:
     where = f"{_rel(path)}: {'.'.join(keys)}"
-    if isinstance(schema, dict):
+    if isinstance(shape, dict):
         if not isinstance(node, dict):
             raise ParamsError(f"{where}: expected a mapping, got {type(node).__name__}")
         for key in node:
-            if key not in schema:
+            if key not in shape:
                 raise ParamsError(f"{_rel(path)}: unknown key {'.'.join(keys + (key,))}")
-        for key, sub in schema.items():
+        for key, sub in shape.items():
             if key not in node:
                 raise ParamsError(f"{_rel(path)}: missing key {'.'.join(keys + (key,))}")
             _validate(node[key], sub, path, keys + (key,))
         return
-    if schema == ANY_DICT:
-        if not isinstance(node, dict):
-            raise ParamsError(f"{where}: expected a mapping, got {type(node).__name__}")
-        return
-    expected = str if schema in (PATH, DATA_PATH) else schema
+    if shape.types == (dict,) and not isinstance(node, dict):
+        raise ParamsError(f"{where}: expected a mapping, got {type(node).__name__}")
     # bool is an int subclass in Python; a `true` where a number belongs is a typo, not a value
-    if isinstance(node, bool) and expected is not bool and not (isinstance(expected, tuple) and bool in expected):
-        raise ParamsError(f"{where} = {node!r}: expected {_type_name(expected)}")
-    if not isinstance(node, expected):
-        raise ParamsError(f"{where} = {node!r}: expected {_type_name(expected)}, got {type(node).__name__}")
+    if isinstance(node, bool) and bool not in shape.types:
+        raise ParamsError(f"{where} = {node!r}: expected {_type_name(shape.types)}")
+    if not isinstance(node, shape.types):
+        raise ParamsError(f"{where} = {node!r}: expected {_type_name(shape.types)}, got {type(node).__name__}")
+    if shape.choices and node is not None and node not in shape.choices:
+        raise ParamsError(f"{where} = {node!r}; expected one of {shape.choices}")
 
 
-def _check_files(node: Any, schema: Any, path: Path, keys: tuple, cfg: dict | None = None) -> None:
+def _check_files(node: Any, shape: dict | Leaf, path: Path, keys: tuple, cfg: dict | None = None) -> None:
     cfg = cfg if cfg is not None else node
-    if isinstance(schema, dict):
-        for key, sub in schema.items():
+    if isinstance(shape, dict):
+        for key, sub in shape.items():
             _check_files(node[key], sub, path, keys + (key,), cfg)
-    elif schema in (PATH, DATA_PATH):
-        target = ROOT / node if schema == PATH else data_path(cfg, node)
+    elif shape.file and node is not None:
+        target = ROOT / node if shape.file == "path" else data_path(cfg, node)
         if not target.exists():
             raise ParamsError(f"{_rel(path)}: {'.'.join(keys)} names a missing file: {target}")
 
 
-def _get(cfg: dict, keys: tuple) -> Any:
-    for key in keys:
-        cfg = cfg[key]
-    return cfg
-
-
-def _type_name(t: Any) -> str:
-    if isinstance(t, tuple):
-        return " or ".join("null" if x is type(None) else x.__name__ for x in t)
-    return t.__name__
+def _type_name(types: tuple) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
 
 
 def _rel(path: Path) -> str:

@@ -1,5 +1,6 @@
 """Params validation: every profile loads; each kind of bad params stops with the file and key named."""
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -142,3 +143,27 @@ def test_fingerprint_is_stable_and_sensitive():
 def test_slug():
     assert config.slug("gguf:smollm2") == "gguf-smollm2"
     assert config.slug("meta-llama/Meta-Llama-3-8B-Instruct") == "meta-llama-Meta-Llama-3-8B-Instruct"
+
+
+@pytest.mark.parametrize("spec,value,ok", [
+    ("int", 3, True), ("int", None, False), ("int or null", None, True), ("num or null", 2.5, True),
+    ("a|b", "b", True), ("a|b", "c", False), ("a|b or null", None, True), ("bool", 1, False), ("dict", {}, True),
+])
+def test_schema_leaves(spec, value, ok):
+    leaf = config.Leaf.parse(spec, "k")
+    if ok:
+        config._validate(value, leaf, Path("x.yaml"), ("k",))
+    else:
+        with pytest.raises(ParamsError, match=r"x\.yaml: k = "):
+            config._validate(value, leaf, Path("x.yaml"), ("k",))
+
+
+@pytest.mark.parametrize("spec", ["integer", "", 3, None])
+def test_schema_rejects_unknown_leaf_types(spec):
+    with pytest.raises(ParamsError, match=r"schema\.yaml: a\.b: "):
+        config.Leaf.parse(spec, "a.b")
+
+
+def test_schema_file_is_not_a_stage_dependency():
+    """params/schema.yaml only accepts or refuses a params file; adding a paper's section must re-run nothing."""
+    assert "schema.yaml" not in (config.ROOT / "dvc.yaml").read_text()
