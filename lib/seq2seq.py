@@ -1,4 +1,4 @@
-"""Encoder-decoder (BART, T5) response generation: LoRA fine-tuning, generation and perplexity.
+"""Encoder-decoder (BART, T5) response generation: LoRA fine-tuning and generation.
 
 PersonalityChat (arXiv 2401.07363) fine-tunes BART and T5 on PersonaChat and on its distilled dialogues. The
 `paper` profile does the same through this module; the `cpu` profile has no offline seq2seq weights and fine-tunes
@@ -10,6 +10,8 @@ trains on (system control text, then the dialogue) into one source string, so bo
     metrics = seq2seq_sft(model_dir, train_rows, eval_rows, out_dir, lora={...}, args={...})
     model, tok = load_seq2seq(model_dir, out_dir / "adapter")
     replies = seq2seq_generate(model, tok, [row["source"] for row in test_rows])
+
+Perplexity of references is in lib/perplexity.py, for this architecture and the decoder-only one.
 """
 from __future__ import annotations
 
@@ -164,26 +166,3 @@ def seq2seq_generate(model, tokenizer, sources: list[str], max_new_tokens: int =
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
         replies += [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
     return replies
-
-
-def seq2seq_perplexity(model, tokenizer, rows: list[dict], batch_size: int = 8, max_source_length: int = 512,
-                       max_target_length: int = 64) -> float:
-    """exp(mean token negative log-likelihood of the targets given their sources), over all target tokens."""
-    import torch
-
-    rows = _check_rows(rows, "perplexity")
-    total_nll, total_tokens = 0.0, 0
-    for lo in range(0, len(rows), batch_size):
-        batch = _tokenize(tokenizer, rows[lo:lo + batch_size], max_source_length, max_target_length)
-        width = max(len(b["input_ids"]) for b in batch)
-        label_width = max(len(b["labels"]) for b in batch)
-        ids = torch.tensor([b["input_ids"] + [tokenizer.pad_token_id] * (width - len(b["input_ids"])) for b in batch])
-        mask = torch.tensor([[1] * len(b["input_ids"]) + [0] * (width - len(b["input_ids"])) for b in batch])
-        labels = torch.tensor([b["labels"] + [-100] * (label_width - len(b["labels"])) for b in batch])
-        with torch.inference_mode():
-            logits = model(input_ids=ids, attention_mask=mask, labels=labels).logits
-        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
-                                                reduction="sum")
-        total_nll += float(nll)
-        total_tokens += int((labels != -100).sum())
-    return math.exp(total_nll / total_tokens)

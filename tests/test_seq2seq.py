@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from lib import seq2seq
+from lib import perplexity, seq2seq
 
 ROWS = [{"source": f"persona: I like {thing}.\npartner: What do you like?", "target": f"I like {thing} a lot."}
         for thing in ("dogs", "tea", "rain", "jazz", "maps", "snow", "bread", "trains")]
@@ -36,7 +36,7 @@ def test_chat_rows_flatten_to_source_and_target():
 
 def test_training_lowers_perplexity_saves_the_adapter_and_resumes(tiny_t5, tmp_path):
     base, tok = seq2seq.load_seq2seq(tiny_t5)
-    before = seq2seq.seq2seq_perplexity(base, tok, ROWS)
+    before = perplexity.seq2seq_perplexity(base, tok, ROWS)
     assert math.isfinite(before) and before > 1
 
     first = seq2seq.seq2seq_sft(tiny_t5, ROWS, ROWS[:2], tmp_path, LORA, args(4))
@@ -46,7 +46,7 @@ def test_training_lowers_perplexity_saves_the_adapter_and_resumes(tiny_t5, tmp_p
     assert more["resumed_from_step"] == 4 and more["steps"] == 8
 
     model, tok = seq2seq.load_seq2seq(tiny_t5, tmp_path / "adapter")
-    after = seq2seq.seq2seq_perplexity(model, tok, ROWS)
+    after = perplexity.seq2seq_perplexity(model, tok, ROWS)
     assert after < before * 0.8, (before, after)
     replies = seq2seq.seq2seq_generate(model, tok, [r["source"] for r in ROWS[:3]], max_new_tokens=6)
     assert len(replies) == 3 and all(isinstance(r, str) for r in replies)

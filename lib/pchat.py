@@ -1,0 +1,666 @@
+"""PersonalityChat (arXiv 2401.07363) data logic: PersonaChat loaders, persona trait labels, trait sampling,
+dialogue prompts and validation, persona leakage, and SFT rows for the P / PT / P+PT students.
+
+The paper's pipeline: PersonaChat personas -> a teacher labels each persona per Big-Five trait ("No clues", or
+"Probably low/high, given <fact>") (`05_label`) -> for each PersonaChat sample, trait levels are sampled for both
+speakers and the teacher writes one whole dialogue conditioned on both personas and both speakers' traits
+(single-agent generation, `06_synthesize`) -> response generators fine-tuned on PersonaChat (P), the synthesized set
+(PT) and both (P+PT), with the responder's persona facts and trait labels as control text (`08_sft`). Everything here
+is plain data handling, tested without a model; the metrics are in lib/dialogue_stats.py.
+
+    dialogues, rejects = pchat.load_personachat("../shared/data/personachat/xpersona_en_valid.json", errors="skip")
+    labels = pchat.parse_trait_labels(teacher_reply, facts)            # 05_label, inside the teacher's repair loop
+    levels = pchat.sample_traits(labels, seed=0, key=pchat.persona_key(facts))
+    turns = pchat.parse_dialogue(reply, names=("Sam", "Alex"), min_turns=8, max_turns=20)   # 06_synthesize
+    rows, skipped = pchat.training_rows("P+PT", p_dialogues, pt_dialogues)                  # 08_sft -> lib.train.sft
+
+One dialogue schema for every source:
+
+    {"id", "source", "personas": {"A": [fact, ...], "B": [fact, ...]}, "turns": [{"speaker": "A"|"B", "text"}],
+     "traits": {"A": {"O": "high", ...}, "B": {...}}}      # "traits" only on synthesized (or labelled) dialogues
+
+Our reading where the paper is silent:
+
+- XPersona (the mirror's PersonaChat) stores one side per dialogue: `persona` is the responder's. The user is "A"
+  (persona []) and the responder "B"; a first user utterance "__SILENCE__" (every dialogue of the valid file) means
+  the responder opened, so it is dropped and the dialogue starts with B.
+- Synthetic-Persona-Chat: "User 1" is "A", "User 2" is "B"; persona facts are newline-separated. Conversations carry
+  LLM debris, handled by `split_turns`: markdown around labels ("*User 1:*", "* * User 1: * *") is stripped, stage
+  directions ("[Later]", "(The next day)", "* * *") and narration after a blank line are dropped, an unlabelled line
+  right after an utterance continues it, and consecutive utterances by one speaker are merged (the file has such runs
+  after scene breaks). A third speaker ("Adam: You too."), no conversation, or fewer than two turns is a malformed
+  row.
+- Trait labels: the teacher must quote exactly one persona fact as evidence; the parser accepts it up to case,
+  whitespace, curly quotes and trailing punctuation, and rejects anything else (the paper's free-text evidence,
+  "given the statement I love spending money and that ...", cannot be checked).
+- Trait sampling: a labelled trait keeps its level; a "no clues" trait gets a level drawn uniformly from
+  `choices` (default low/high) by a generator seeded with (seed, speaker key), so a speaker's draw does not depend on
+  the order in which personas are processed.
+- Persona leakage (a speaker stating the OTHER speaker's persona fact as their own): see `leaked_facts`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from lib.teacher import InvalidReply
+
+TRAITS = {"O": "Openness", "C": "Conscientiousness", "E": "Extraversion", "A": "Agreeableness", "N": "Neuroticism"}
+LABELS = ("no_clues", "low", "high")
+LEVELS = ("low", "high")
+SPEAKERS = ("A", "B")
+SILENCE = "__SILENCE__"
+SPC_COLUMNS = ("user 1 personas", "user 2 personas", "Best Generated Conversation")
+SPC_LABELS = {"User 1": "A", "User 2": "B"}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Turn parsing and validation
+
+_LIST_MARKER = re.compile(r"^(?:\(?\d{1,3}[.):\]]|[-•>])\s+")
+_STAGE = re.compile(r"^(?:\[.*\]|\(.*\)|[*\-=_~#.\s]+)$")
+_OTHER_SPEAKER = re.compile(r"^([A-Z][\w'.-]*(?: [A-Z0-9][\w'.-]*){0,2})\s*[*_]*\s*:\s*\S")
+_QUOTES = "\"'“”‘’"
+
+
+def _label_pattern(labels: Sequence[str]) -> re.Pattern:
+    alts = "|".join(re.escape(name) for name in sorted(labels, key=len, reverse=True))
+    return re.compile(rf"^\[?({alts})\]?\s*[*_]*\s*:(.*)$", re.IGNORECASE)
+
+
+def _strip_markup(text: str) -> str:
+    """Drop markdown emphasis, list markers and surrounding quotes around a line or an utterance."""
+    text = _LIST_MARKER.sub("", text.strip().strip("*_ \t").strip())
+    text = text.strip("*_ \t")
+    while len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
+        text = text[1:-1].strip()
+    return text
+
+
+def split_turns(text: str, labels: Mapping[str, str]) -> list[dict]:
+    """Labelled lines of a transcript as [{"speaker", "text"}], `labels` mapping line labels to speakers.
+
+    "User 1: hi" with labels {"User 1": "A"} gives {"speaker": "A", "text": "hi"}. Markup around labels is
+    stripped; stage directions and narration after a blank line are dropped; an unlabelled line right after an
+    utterance continues it. A line in the form "Name: text" whose name is not a label raises
+    InvalidReply("unknown_speaker").
+    """
+    pattern = _label_pattern(list(labels))
+    canonical = {name.lower(): speaker for name, speaker in labels.items()}
+    turns: list[dict] = []
+    continuable = False
+    for raw in text.splitlines():
+        line = _strip_markup(raw)
+        if not line:
+            continuable = False
+            continue
+        m = pattern.match(line)
+        if m:
+            turns.append({"speaker": canonical[m.group(1).lower()], "text": _strip_markup(m.group(2))})
+            continuable = True
+        elif _STAGE.match(line):
+            continuable = False
+        elif (other := _OTHER_SPEAKER.match(line)) is not None:
+            raise InvalidReply("unknown_speaker", f"line by {other.group(1)!r}: {line[:60]!r}")
+        elif continuable and turns:
+            turns[-1]["text"] = f"{turns[-1]['text']} {line}".strip()
+    return turns
+
+
+def merge_repeated_speakers(turns: list[dict]) -> tuple[list[dict], int]:
+    """(turns, merges): consecutive utterances by the same speaker joined into one."""
+    merged: list[dict] = []
+    n = 0
+    for turn in turns:
+        if merged and merged[-1]["speaker"] == turn["speaker"]:
+            merged[-1] = {**merged[-1], "text": f"{merged[-1]['text']} {turn['text']}".strip()}
+            n += 1
+        else:
+            merged.append(dict(turn))
+    return merged, n
+
+
+def validate_turns(turns: list[dict], min_turns: int, max_turns: int, first: str = "A",
+                   max_words: int | None = None) -> list[dict]:
+    """The turns unchanged, or InvalidReply: "turn_count", "speaker_order", "empty" or "too_long"."""
+    if not min_turns <= len(turns) <= max_turns:
+        raise InvalidReply("turn_count", f"{len(turns)} utterances, expected {min_turns}..{max_turns}")
+    order = (first, "B" if first == "A" else "A")
+    for i, turn in enumerate(turns):
+        if turn["speaker"] != order[i % 2]:
+            raise InvalidReply("speaker_order", f"utterance {i + 1} is by {turn['speaker']}, expected {order[i % 2]}")
+        if not turn["text"].strip():
+            raise InvalidReply("empty", f"utterance {i + 1} is empty")
+        if max_words is not None and len(turn["text"].split()) > max_words:
+            raise InvalidReply("too_long", f"utterance {i + 1} has {len(turn['text'].split())} words (max {max_words})")
+    return turns
+
+
+def parse_dialogue(reply: str, names: tuple[str, str] = ("A", "B"), min_turns: int = 8, max_turns: int = 20,
+                   max_words: int | None = None) -> list[dict]:
+    """A teacher-written dialogue ("A: ... / B: ...", or the display `names`) as validated turns of A and B."""
+    if len(names) != 2 or names[0].lower() == names[1].lower():
+        raise ValueError(f"parse_dialogue needs two distinct speaker names, got {names!r}")
+    turns = split_turns(reply, {names[0]: "A", names[1]: "B"})
+    return validate_turns(turns, min_turns, max_turns, first="A", max_words=max_words)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loaders
+
+
+def _check_errors_mode(errors: str) -> None:
+    if errors not in ("raise", "skip"):
+        raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+
+
+def _facts(raw, where: str) -> list[str]:
+    """Persona facts from a list or a newline-separated string; ValueError when there is none or one is blank."""
+    if isinstance(raw, str):
+        items = [line for line in raw.splitlines() if line.strip()]
+    elif isinstance(raw, list) and all(isinstance(f, str) for f in raw):
+        items = raw
+    else:
+        raise ValueError(f"{where}: persona is not a list of strings or a text: {str(raw)[:80]!r}")
+    facts = [f.strip() for f in items]
+    if not facts or not all(facts):
+        raise ValueError(f"{where}: persona has no facts or a blank fact: {facts!r}")
+    return facts
+
+
+def _xpersona_dialogue(item, where: str, did: str) -> dict:
+    if not isinstance(item, dict) or "persona" not in item or "dialogue" not in item:
+        raise ValueError(f"{where}: expected an object with 'persona' and 'dialogue'")
+    pairs = item["dialogue"]
+    if not isinstance(pairs, list) or not pairs:
+        raise ValueError(f"{where}: 'dialogue' is not a non-empty list of [user, response] pairs")
+    turns = []
+    for j, pair in enumerate(pairs):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(u, str) for u in pair)):
+            raise ValueError(f"{where}: dialogue pair {j} is not [user, response]")
+        user, response = (u.strip() for u in pair)
+        if j == 0 and user == SILENCE:
+            user = None  # the responder opened the conversation
+        for speaker, text in (("A", user), ("B", response)):
+            if text is None:
+                continue
+            if not text or text == SILENCE:
+                raise ValueError(f"{where}: dialogue pair {j} has an empty utterance for {speaker}")
+            turns.append({"speaker": speaker, "text": text})
+    return {"id": did, "source": "personachat", "personas": {"A": [], "B": _facts(item["persona"], where)},
+            "turns": turns}
+
+
+def load_xpersona(path: str | Path, limit: int | None = None, errors: str = "raise") -> tuple[list[dict], list[dict]]:
+    """(dialogues, rejects) from an XPersona English file (`personachat/xpersona_en_{valid,test}.json`).
+
+    errors="raise" stops at the first malformed dialogue with a ValueError naming file and index; "skip" puts it in
+    rejects as {"id", "row", "reason"}.
+    """
+    _check_errors_mode(errors)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"PersonaChat (XPersona) file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from exc
+    if not isinstance(data, list):  # a malformed file, not a caller's type error: ValueError like the others
+        raise ValueError(f"{path}: expected a list of dialogues, got {type(data).__name__}")  # noqa: TRY004
+    dialogues, rejects = [], []
+    for i, item in enumerate(data):
+        did = f"{path.stem}-{i:05d}"
+        try:
+            dialogues.append(_xpersona_dialogue(item, f"{path}: dialogue {i}", did))
+        except ValueError as exc:
+            if errors == "raise":
+                raise
+            rejects.append({"id": did, "row": i, "reason": str(exc)})
+        if limit is not None and len(dialogues) >= limit:
+            break
+    return dialogues, rejects
+
+
+def _spc_dialogue(row: Mapping, where: str, did: str) -> tuple[dict, int]:
+    conversation = row["Best Generated Conversation"]
+    if not isinstance(conversation, str) or not conversation.strip():
+        raise ValueError(f"{where}: empty 'Best Generated Conversation'")
+    personas = {"A": _facts(row["user 1 personas"], where), "B": _facts(row["user 2 personas"], where)}
+    try:
+        turns = split_turns(conversation, SPC_LABELS)
+    except InvalidReply as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    turns, merges = merge_repeated_speakers(turns)
+    turns = [t for t in turns if t["text"]]
+    turns, more = merge_repeated_speakers(turns)  # dropping an empty turn can join two of one speaker
+    if len(turns) < 2:
+        raise ValueError(f"{where}: {len(turns)} labelled utterances ('User 1: ...' / 'User 2: ...'), need 2")
+    return {"id": did, "source": "synthetic_persona_chat", "personas": personas, "turns": turns}, merges + more
+
+
+def load_synthetic_persona_chat(path: str | Path, limit: int | None = None,
+                                errors: str = "raise") -> tuple[list[dict], list[dict]]:
+    """(dialogues, rejects) from a Synthetic-Persona-Chat CSV; rows are 0-based data rows (header excluded).
+
+    Each dialogue gets "merged_turns", the number of same-speaker utterances joined (see the module docstring).
+    """
+    import pandas as pd
+
+    _check_errors_mode(errors)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Synthetic-Persona-Chat file not found: {path}")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in SPC_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing} (has {list(df.columns)})")
+    dialogues, rejects = [], []
+    for i, row in enumerate(df[list(SPC_COLUMNS)].to_dict("records")):
+        did = f"{path.stem}-{i:05d}"
+        try:
+            dialogue, merges = _spc_dialogue(row, f"{path}: row {i}", did)
+            dialogues.append({**dialogue, "merged_turns": merges})
+        except ValueError as exc:
+            if errors == "raise":
+                raise
+            rejects.append({"id": did, "row": i, "reason": str(exc)})
+        if limit is not None and len(dialogues) >= limit:
+            break
+    return dialogues, rejects
+
+
+def load_personachat(path: str | Path, limit: int | None = None, errors: str = "raise"):
+    """Either mirror format by extension: .json is XPersona, .csv is Synthetic-Persona-Chat."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".json":
+        return load_xpersona(path, limit, errors)
+    if suffix == ".csv":
+        return load_synthetic_persona_chat(path, limit, errors)
+    raise ValueError(f"{path}: unknown PersonaChat format {suffix!r} (expected .json XPersona or .csv "
+                     "Synthetic-Persona-Chat)")
+
+
+def persona_key(facts: Sequence[str]) -> str:
+    """A stable id for a persona: the same facts (up to case, spacing and order) give the same key."""
+    norm = sorted(normalize_fact(f) for f in facts)
+    return "persona-" + hashlib.sha256("\n".join(norm).encode()).hexdigest()[:12]
+
+
+def unique_personas(dialogues: Sequence[dict]) -> dict[str, list[str]]:
+    """persona key -> facts, over every speaker with facts, in first-seen order (the units 05_label labels)."""
+    out: dict[str, list[str]] = {}
+    for d in dialogues:
+        for speaker in SPEAKERS:
+            facts = d["personas"].get(speaker) or []
+            if facts:
+                out.setdefault(persona_key(facts), list(facts))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 05_label: persona trait labels
+
+# The pipeline's copy belongs in params/prompts/; this one serves tests and quick use. Field: {persona}.
+DEFAULT_LABEL_TEMPLATE = (
+    "Here is what a person says about themselves:\n{persona}\n\n"
+    "For each of the Big Five personality traits, judge whether these statements give a clue about the person's "
+    "level of that trait. Answer with exactly five lines, in this order and format:\n"
+    "Openness: <answer>\nConscientiousness: <answer>\nExtraversion: <answer>\nAgreeableness: <answer>\n"
+    "Neuroticism: <answer>\n\n"
+    "Each <answer> is one of:\n"
+    "No clues.\n"
+    "Probably low, given \"<one statement copied exactly from the list>\"\n"
+    "Probably high, given \"<one statement copied exactly from the list>\"\n"
+    "Write nothing else."
+)
+
+_TRAIT_BY_NAME = {name.lower(): t for t, name in TRAITS.items()} | {"extroversion": "E"}
+_TRAIT_LINE = re.compile(r"^(openness|conscientiousness|extraversion|extroversion|agreeableness|neuroticism)"
+                         r"\s*[*_]*\s*[:\-–]\s*(.*)$", re.IGNORECASE)
+_LEVEL = re.compile(r"^probably\s+(low|high)\b[\s,;:.(\-–]*(.*)$", re.IGNORECASE)
+_GIVEN = re.compile(r"^given\b\s*(?:that\b|the\s+(?:statement|fact)(?:\s+that)?\b)?\s*:?\s*(.*)$",
+                    re.IGNORECASE | re.DOTALL)
+_QUOTED = re.compile(r"[\"“]([^\"”]+)[\"”]")
+
+
+def persona_block(facts: Sequence[str]) -> str:
+    """Persona facts as a bulleted list, the form every prompt here uses."""
+    return "\n".join(f"- {f}" for f in facts)
+
+
+def label_messages(facts: Sequence[str], template: str = DEFAULT_LABEL_TEMPLATE,
+                   system_prompt: str | None = None) -> list[dict]:
+    """The teacher's chat for labelling one persona."""
+    if not facts:
+        raise ValueError("label_messages: a persona needs at least one fact")
+    _check_template(template, {"persona"})
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": template.format(persona=persona_block(facts)).strip()}]
+
+
+def normalize_fact(text: str) -> str:
+    """Light normalisation for matching a quoted fact: case, curly quotes, whitespace, trailing punctuation."""
+    text = text.replace("’", "'").replace("‘", "'").replace("“", '"').replace("”", '"')
+    text = " ".join(text.lower().split()).strip(" \"'")
+    return text.rstrip(string.punctuation + " ").strip(" \"'")
+
+
+def _evidence(raw: str, facts: Sequence[str], trait: str) -> str:
+    """The persona fact a "Probably low/high, given ..." answer rests on, or InvalidReply."""
+    m = _GIVEN.match(raw.strip())
+    if not m or not m.group(1).strip():
+        raise InvalidReply("missing_evidence", f"{TRAITS[trait]}: a low/high label needs 'given \"<fact>\"'")
+    quoted = _QUOTED.search(m.group(1))
+    candidate = quoted.group(1) if quoted else m.group(1)
+    by_norm = {normalize_fact(f): f for f in facts}
+    if normalize_fact(candidate) not in by_norm:
+        raise InvalidReply("bad_evidence", f"{TRAITS[trait]}: {candidate.strip()[:80]!r} is not one of the persona's "
+                                           "facts")
+    return by_norm[normalize_fact(candidate)]
+
+
+def _answer(text: str, facts: Sequence[str], trait: str) -> dict:
+    answer = _strip_markup(text)
+    if re.match(r"^no\s+clues?\b", answer, re.IGNORECASE):
+        return {"label": "no_clues", "evidence": None}
+    m = _LEVEL.match(answer)
+    if not m:
+        raise InvalidReply("unknown_label", f"{TRAITS[trait]}: {answer[:60]!r} is not 'No clues' or "
+                                            "'Probably low/high, given ...'")
+    return {"label": m.group(1).lower(), "evidence": _evidence(m.group(2), facts, trait)}
+
+
+def parse_trait_labels(reply: str, facts: Sequence[str]) -> dict[str, dict]:
+    """The teacher's reply as {trait letter: {"label": "no_clues"|"low"|"high", "evidence": fact or None}}.
+
+    Raises InvalidReply (a ValueError) with reason "missing_trait", "duplicate_trait", "unknown_label",
+    "missing_evidence" or "bad_evidence". Lines that name no trait (a preamble) are ignored.
+    """
+    labels: dict[str, dict] = {}
+    for raw in reply.splitlines():
+        m = _TRAIT_LINE.match(_strip_markup(raw))
+        if not m:
+            continue
+        trait = _TRAIT_BY_NAME[m.group(1).lower()]
+        if trait in labels:
+            raise InvalidReply("duplicate_trait", f"{TRAITS[trait]} is labelled twice")
+        labels[trait] = _answer(m.group(2), facts, trait)
+    missing = [TRAITS[t] for t in TRAITS if t not in labels]
+    if missing:
+        raise InvalidReply("missing_trait", f"no line for {', '.join(missing)}")
+    return {t: labels[t] for t in TRAITS}
+
+
+def label_repair_prompt(reason: str) -> str:
+    """Repair instructions for a trait-label reply, per failure reason."""
+    what = {
+        "missing_trait": "It must have one line for each of the five traits.",
+        "duplicate_trait": "Each trait must appear exactly once.",
+        "unknown_label": "Each answer must be 'No clues.', 'Probably low, given ...' or 'Probably high, given ...'.",
+        "missing_evidence": "A 'Probably low' or 'Probably high' answer must quote the statement it rests on.",
+        "bad_evidence": "The quoted statement must be copied exactly from the list.",
+    }.get(reason, "It does not follow the required format.")
+    return f"That answer is not valid. {what} Answer again in the required format and nothing else."
+
+
+def label_distribution(labelled: Sequence[Mapping[str, Mapping]]) -> dict:
+    """Counts of each label per trait, the share of "no clues" per trait and over all trait judgements."""
+    if not labelled:
+        raise ValueError("label_distribution: no labelled personas")
+    counts = {t: dict.fromkeys(LABELS, 0) for t in TRAITS}
+    for i, labels in enumerate(labelled):
+        for t in TRAITS:
+            label = labels.get(t, {}).get("label")
+            if label not in LABELS:
+                raise ValueError(f"persona {i}: trait {t} has label {label!r}; expected one of {LABELS}")
+            counts[t][label] += 1
+    n = len(labelled)
+    share = {t: counts[t]["no_clues"] / n for t in TRAITS}
+    return {"n_personas": n, "counts": counts, "no_clues_share": share,
+            "no_clues_share_overall": sum(share.values()) / len(TRAITS)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 06_synthesize: trait sampling and the single-agent dialogue prompt
+
+
+def sample_traits(labels: Mapping[str, Mapping], seed: int, key: str,
+                  choices: Sequence[str] = LEVELS) -> dict[str, str]:
+    """{trait: "low"|"high"} for one speaker: a labelled trait keeps its level, a "no clues" one is drawn."""
+    unknown = [c for c in choices if c not in LEVELS]
+    if not choices or unknown:
+        raise ValueError(f"sample_traits: choices must be a non-empty subset of {LEVELS}, got {list(choices)}")
+    rng = random.Random(f"{seed}:{key}")
+    out = {}
+    for t in TRAITS:
+        label = labels.get(t, {}).get("label")
+        if label not in LABELS:
+            raise ValueError(f"sample_traits({key!r}): trait {t} has label {label!r}; expected one of {LABELS}")
+        draw = rng.choice(list(choices))  # drawn for every trait, so a label change elsewhere keeps this draw
+        out[t] = label if label in LEVELS else draw
+    return out
+
+
+def traits_text(levels: Mapping[str, str]) -> str:
+    """"Openness: high, Conscientiousness: low, ..." in trait order, for the traits present."""
+    return ", ".join(f"{TRAITS[t]}: {levels[t]}" for t in TRAITS if t in levels)
+
+
+# The pipeline's copy belongs in params/prompts/. Fields: {name_a} {name_b} {persona_a} {persona_b} {traits_a}
+# {traits_b} {min_turns} {max_turns}.
+DEFAULT_DIALOGUE_TEMPLATE = (
+    "Write a conversation between two people, {name_a} and {name_b}, who are getting to know each other.\n\n"
+    "{name_a}'s persona:\n{persona_a}\n{name_a}'s personality: {traits_a}\n\n"
+    "{name_b}'s persona:\n{persona_b}\n{name_b}'s personality: {traits_b}\n\n"
+    "Each speaker talks about their own persona, never claims the other's facts, and shows their personality in "
+    "how they talk. {name_a} speaks first and they take turns. Write between {min_turns} and {max_turns} "
+    "utterances, one per line, as \"{name_a}: ...\" and \"{name_b}: ...\", and nothing else."
+)
+DIALOGUE_FIELDS = {"name_a", "name_b", "persona_a", "persona_b", "traits_a", "traits_b", "min_turns", "max_turns"}
+
+
+def _check_template(template: str, allowed: set[str]) -> None:
+    fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    if fields - allowed:
+        raise ValueError(f"prompt template has unknown placeholders {sorted(fields - allowed)}; "
+                         f"allowed: {sorted(allowed)}")
+
+
+def dialogue_messages(personas: Mapping[str, Sequence[str]], traits: Mapping[str, Mapping[str, str]],
+                      min_turns: int, max_turns: int, names: tuple[str, str] = ("A", "B"),
+                      template: str = DEFAULT_DIALOGUE_TEMPLATE, system_prompt: str | None = None) -> list[dict]:
+    """The teacher's chat for one synthesized dialogue: both personas and both speakers' trait levels."""
+    _check_template(template, DIALOGUE_FIELDS)
+    for s in SPEAKERS:
+        if not personas.get(s):
+            raise ValueError(f"dialogue_messages: speaker {s} has no persona facts")
+        if set(traits.get(s, {})) != set(TRAITS):
+            raise ValueError(f"dialogue_messages: speaker {s} needs a level for each of {list(TRAITS)}")
+    user = template.format(name_a=names[0], name_b=names[1], persona_a=persona_block(personas["A"]),
+                           persona_b=persona_block(personas["B"]), traits_a=traits_text(traits["A"]),
+                           traits_b=traits_text(traits["B"]), min_turns=min_turns, max_turns=max_turns)
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": user.strip()}]
+
+
+def dialogue_repair_prompt(min_turns: int, max_turns: int) -> Callable[[str], str]:
+    """Repair instructions for a whole-dialogue reply, per InvalidReply reason."""
+    def prompt(reason: str) -> str:
+        what = {
+            "turn_count": f"It must have between {min_turns} and {max_turns} utterances, one per line.",
+            "speaker_order": "The first speaker must start and the two speakers must strictly alternate.",
+            "empty": "Every utterance must contain text.",
+            "too_long": "An utterance is too long.",
+            "unknown_speaker": "Only the two named speakers may talk.",
+        }.get(reason, "It does not follow the required format.")
+        return (f"That conversation is not valid. {what} Write the whole conversation again, one utterance per line "
+                "as \"Name: text\", and nothing else.")
+    return prompt
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Persona leakage
+
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+_FIRST_PERSON = frozenset(("i", "me", "my", "mine", "myself", "i'm", "i've", "i'd", "i'll"))
+_SECOND_PERSON = frozenset(("you", "your", "yours", "yourself", "you're", "you've", "you'd", "you'll", "u", "ur"))
+_STOP = frozenset((
+    "a", "an", "the", "and", "or", "but", "if", "so", "of", "to", "in", "on", "at", "by", "for", "with", "from", "as",
+    "is", "am", "are", "was", "were", "be", "been", "being", "do", "does", "did", "have", "has", "had", "having",
+    "we", "our", "us", "he", "she", "it", "its", "they", "them", "their", "this", "that", "these", "those", "there",
+    "here", "very", "really", "just", "also", "too", "not", "no", "yes", "all", "some", "any", "can", "could", "will",
+    "would", "should", "may", "might", "must", "about", "into", "over", "than", "then", "out", "up", "down", "more",
+    "most", "much", "many", "lot", "lots")) | _FIRST_PERSON | _SECOND_PERSON
+# Negated, wished-for or hypothetical sentences do not claim a fact ("I've never met a bee farmer").
+_NOT_A_CLAIM = frozenset(("never", "not", "no", "don't", "didn't", "doesn't", "haven't", "hasn't", "can't", "won't",
+                          "wouldn't", "isn't", "wasn't", "aren't", "want", "wanted", "wants", "wish", "hope", "would",
+                          "if", "maybe"))
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-cased word types of a text minus function words (the units the leakage rule compares)."""
+    return {w for w in _WORD.findall(text.lower().replace("’", "'")) if w not in _STOP}
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+
+
+def _covers(sentence_words: set[str], fact: str, threshold: float) -> bool:
+    fact_words = content_words(fact)
+    return len(fact_words) >= 2 and len(fact_words & sentence_words) / len(fact_words) >= threshold
+
+
+def leaked_facts(utterance: str, own: Sequence[str], other: Sequence[str], threshold: float = 0.75) -> list[str]:
+    """The other speaker's facts that this utterance claims for its speaker (empty when none).
+
+    Rule: a sentence leaks a fact of the other speaker when (1) at least `threshold` of the fact's content words
+    (two or more; function words removed) occur in the sentence, (2) the sentence speaks in the first person
+    ("I", "my", ...) and not to the partner (no "you"/"your": "So you are a nurse?" is engagement, not leakage),
+    (3) it is not negated, wished for or hypothetical ("never", "not", "want", "wish", "would", "if", ...), and
+    (4) no fact of the speaker's own persona is covered by the sentence as well (both may like dogs).
+    Facts with fewer than two content words ("i am a nurse.") are never matched: one shared word is too weak a sign.
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"leakage threshold must be in (0, 1], got {threshold}")
+    found: list[str] = []
+    for sentence in _sentences(utterance):
+        tokens = set(_WORD.findall(sentence.lower().replace("’", "'")))
+        if not tokens & _FIRST_PERSON or tokens & (_SECOND_PERSON | _NOT_A_CLAIM):
+            continue
+        words = content_words(sentence)
+        if any(_covers(words, f, threshold) for f in own):
+            continue
+        found += [f for f in other if f not in found and _covers(words, f, threshold)]
+    return found
+
+
+def dialogue_leakage(dialogue: Mapping, threshold: float = 0.75) -> list[dict]:
+    """[{"turn", "speaker", "facts"}] for every utterance that states the other speaker's facts.
+
+    Only speakers with persona facts are judged (XPersona's user "A" has none).
+    """
+    out = []
+    for i, turn in enumerate(dialogue["turns"]):
+        me = turn["speaker"]
+        own = dialogue["personas"].get(me) or []
+        if not own:
+            continue  # an unknown persona (XPersona's user) may hold any fact: nothing to judge
+        other = dialogue["personas"].get("B" if me == "A" else "A") or []
+        facts = leaked_facts(turn["text"], own, other, threshold)
+        if facts:
+            out.append({"turn": i, "speaker": me, "facts": facts})
+    return out
+
+
+def leakage_summary(dialogues: Sequence[Mapping], threshold: float = 0.75) -> dict:
+    """Leaking utterances and dialogues with at least one, as counts and shares."""
+    if not dialogues:
+        raise ValueError("leakage_summary: no dialogues")
+    per = [dialogue_leakage(d, threshold) for d in dialogues]
+    n_utt = sum(len(d["turns"]) for d in dialogues)
+    n_leak = sum(len(p) for p in per)
+    return {"dialogues": len(dialogues), "utterances": n_utt, "leaking_utterances": n_leak,
+            "leaking_dialogues": sum(1 for p in per if p), "utterance_share": n_leak / n_utt if n_utt else 0.0,
+            "dialogue_share": sum(1 for p in per if p) / len(dialogues)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 08_sft: response generation with control text
+
+# Fields: {persona} (bulleted facts) and {personality} (the traits line, or "" when the row has no traits).
+DEFAULT_SFT_SYSTEM = "You are chatting with a new acquaintance.\nYour persona:\n{persona}\n{personality}"
+TRAINING_SETS = ("P", "PT", "P+PT")
+
+
+def control_text(facts: Sequence[str], levels: Mapping[str, str] | None,
+                 template: str = DEFAULT_SFT_SYSTEM) -> str:
+    """The responder's control text: persona facts, then "Your personality: ..." when trait levels are given."""
+    _check_template(template, {"persona", "personality"})
+    personality = f"Your personality: {traits_text(levels)}" if levels else ""
+    return template.format(persona=persona_block(facts), personality=personality).strip()
+
+
+def chat_for_turn(dialogue: Mapping, target: int, template: str = DEFAULT_SFT_SYSTEM, use_traits: bool = True,
+                  max_history: int | None = None, levels: Mapping[str, str] | None = None):
+    """(messages, target text): the control text as system message, then the history from the target speaker's side.
+
+    `levels` overrides the speaker's trait levels (the trait-control probes of 12_eval); `max_history` keeps only
+    the last turns before the target.
+    """
+    turns = dialogue["turns"]
+    if not 0 < target < len(turns):
+        raise ValueError(f"dialogue {dialogue['id']}: target turn {target} outside 1..{len(turns) - 1}")
+    me = turns[target]["speaker"]
+    facts = dialogue["personas"].get(me) or []
+    if not facts:
+        raise ValueError(f"dialogue {dialogue['id']}: speaker {me} of turn {target} has no persona facts")
+    if levels is None and use_traits:
+        levels = (dialogue.get("traits") or {}).get(me)
+    history = turns[:target] if max_history is None else turns[max(0, target - max_history):target]
+    messages = [{"role": "system", "content": control_text(facts, levels if use_traits else None, template)}]
+    messages += [{"role": "assistant" if t["speaker"] == me else "user", "content": t["text"]} for t in history]
+    return messages, turns[target]["text"]
+
+
+def sft_rows(dialogues: Sequence[Mapping], template: str = DEFAULT_SFT_SYSTEM, use_traits: bool = True,
+             max_history: int | None = None) -> tuple[list[dict], dict]:
+    """(rows, skipped): prompt-completion rows for every turn after the first whose speaker has persona facts.
+
+    Rows have the conversational shape of lib/jic.py and lib/big5chat.py, so lib.train.sft trains on them. The
+    control text carries the speaker's trait levels when the dialogue has "traits" (PT) and `use_traits` is set.
+    """
+    rows, skipped = [], Counter()
+    for d in dialogues:
+        for t in range(len(d["turns"])):
+            if t == 0:
+                skipped["first_turn"] += 1
+                continue
+            if not d["personas"].get(d["turns"][t]["speaker"]):
+                skipped["no_persona"] += 1
+                continue
+            prompt, target = chat_for_turn(d, t, template, use_traits, max_history)
+            rows.append({"id": f"{d['id']}-t{t}", "prompt": prompt,
+                         "completion": [{"role": "assistant", "content": target}]})
+    return rows, dict(skipped)
+
+
+def training_rows(name: str, p_dialogues: Sequence[Mapping], pt_dialogues: Sequence[Mapping],
+                  **kwargs) -> tuple[list[dict], dict]:
+    """The rows of one training set: "P" (PersonaChat), "PT" (synthesized) or "P+PT" (both)."""
+    if name not in TRAINING_SETS:
+        raise ValueError(f"unknown training set {name!r}; expected one of {TRAINING_SETS}")
+    parts = {"P": [p_dialogues], "PT": [pt_dialogues], "P+PT": [p_dialogues, pt_dialogues]}[name]
+    rows, skipped = [], Counter()
+    for dialogues in parts:
+        r, s = sft_rows(dialogues, **kwargs)
+        rows += r
+        skipped.update(s)
+    if not rows:
+        raise ValueError(f"training set {name!r} has no rows (skipped: {dict(skipped)})")
+    return rows, dict(skipped)

@@ -1,0 +1,370 @@
+"""PersonalityChat data logic: loaders, trait labels, trait sampling, prompts, dialogue validation, leakage, SFT rows."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lib import pchat
+from lib.teacher import InvalidReply
+from lib.train import _check_rows
+
+MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data" / "personachat"
+FACTS = ["I love spending money.", "I am high maintenance.", "I diet a lot.", "I listen to Britney Spears."]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loaders
+
+
+def _write_xpersona(tmp_path, items) -> Path:
+    path = tmp_path / "xpersona_en_valid.json"
+    path.write_text(json.dumps(items))
+    return path
+
+
+def test_xpersona_responder_is_b_and_silence_is_dropped(tmp_path):
+    path = _write_xpersona(tmp_path, [
+        {"persona": [" i'm a nurse. ", "i surf."], "dialogue": [["__SILENCE__", "hi there !"], ["hey .", "what's up ?"]]},
+        {"persona": ["i bake."], "dialogue": [["hello", "hi"]]},
+    ])
+    dialogues, rejects = pchat.load_xpersona(path)
+    assert rejects == []
+    assert dialogues[0] == {"id": "xpersona_en_valid-00000", "source": "personachat",
+                            "personas": {"A": [], "B": ["i'm a nurse.", "i surf."]},
+                            "turns": [{"speaker": "B", "text": "hi there !"}, {"speaker": "A", "text": "hey ."},
+                                      {"speaker": "B", "text": "what's up ?"}]}
+    assert [t["speaker"] for t in dialogues[1]["turns"]] == ["A", "B"]
+    assert pchat.load_xpersona(path, limit=1)[0] == dialogues[:1]
+
+
+@pytest.mark.parametrize("item, message", [
+    ({"persona": ["x."], "dialogue": [["hi", "yo"], ["only one"]]}, r"dialogue 1: dialogue pair 1 is not \[user, response\]"),
+    ({"persona": ["x."], "dialogue": [["hi", "  "]]}, r"dialogue 1: dialogue pair 0 has an empty utterance for B"),
+    ({"persona": ["x."], "dialogue": [["hi", "yo"], ["__SILENCE__", "yo"]]}, r"dialogue 1: dialogue pair 1 has an empty utterance for A"),
+    ({"persona": [], "dialogue": [["hi", "yo"]]}, r"dialogue 1: persona has no facts"),
+    ({"dialogue": [["hi", "yo"]]}, r"dialogue 1: expected an object with 'persona' and 'dialogue'"),
+])
+def test_xpersona_malformed_dialogue_names_file_and_index(tmp_path, item, message):
+    good = {"persona": ["i bake."], "dialogue": [["hello", "hi"]]}
+    path = _write_xpersona(tmp_path, [good, item])
+    with pytest.raises(ValueError, match=r"xpersona_en_valid\.json: " + message):
+        pchat.load_xpersona(path)
+    dialogues, rejects = pchat.load_xpersona(path, errors="skip")
+    assert len(dialogues) == 1 and [(r["id"], r["row"]) for r in rejects] == [("xpersona_en_valid-00001", 1)]
+
+
+def test_xpersona_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="PersonaChat \\(XPersona\\) file not found: .*nope.json"):
+        pchat.load_xpersona(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json: not JSON"):
+        pchat.load_xpersona(tmp_path / "bad.json")
+    (tmp_path / "obj.json").write_text("{}")
+    with pytest.raises(ValueError, match="obj.json: expected a list of dialogues, got dict"):
+        pchat.load_xpersona(tmp_path / "obj.json")
+    with pytest.raises(ValueError, match="errors must be 'raise' or 'skip'"):
+        pchat.load_xpersona(tmp_path / "obj.json", errors="ignore")
+
+
+MESSY = (
+    "*User 1:* Hi! How are you?\n\n"
+    "* * User 2: * * Fine, thanks.\n"
+    "I just got back from the gym.\n\n"
+    "[A few minutes later]\n"
+    "(The next day)\n"
+    "* * *\n"
+    "The next day:\n"
+    "User 2: Want to go hiking?\n"
+    "User 1: \"Sure!\"\n"
+    "User 1: Let's go at noon. *"
+)
+
+
+def _write_spc(tmp_path, rows, columns=pchat.SPC_COLUMNS) -> Path:
+    path = tmp_path / "synthetic_persona_chat_valid.csv"
+    pd.DataFrame(rows, columns=list(columns)).to_csv(path, index=False)
+    return path
+
+
+def test_spc_turns_are_cleaned_and_merged(tmp_path):
+    path = _write_spc(tmp_path, [["I bake.\nI knit.\n", "I surf.\nI am a boy.", MESSY]])
+    (d,), rejects = pchat.load_synthetic_persona_chat(path)
+    assert rejects == []
+    assert d["id"] == "synthetic_persona_chat_valid-00000" and d["source"] == "synthetic_persona_chat"
+    assert d["personas"] == {"A": ["I bake.", "I knit."], "B": ["I surf.", "I am a boy."]}
+    assert d["turns"] == [
+        {"speaker": "A", "text": "Hi! How are you?"},
+        {"speaker": "B", "text": "Fine, thanks. I just got back from the gym. Want to go hiking?"},
+        {"speaker": "A", "text": "Sure! Let's go at noon."},
+    ]
+    assert d["merged_turns"] == 2
+
+
+@pytest.mark.parametrize("conversation, message", [
+    ("", r"row 1: empty 'Best Generated Conversation'"),
+    ("Hi there.\n\nHello!", r"row 1: 0 labelled utterances"),
+    ("User 1: Hi.\nUser 1: Anyone?", r"row 1: 1 labelled utterances"),
+    ("User 1: Hi.\nAdam: You too.\nUser 2: Yo.", r"row 1: unknown_speaker: line by 'Adam'"),
+])
+def test_spc_malformed_rows_name_file_and_row(tmp_path, conversation, message):
+    path = _write_spc(tmp_path, [["I bake.", "I surf.", "User 1: Hi.\nUser 2: Hey."], ["I bake.", "I surf.", conversation]])
+    with pytest.raises(ValueError, match=r"synthetic_persona_chat_valid\.csv: " + message):
+        pchat.load_synthetic_persona_chat(path)
+    dialogues, rejects = pchat.load_synthetic_persona_chat(path, errors="skip")
+    assert len(dialogues) == 1 and [r["row"] for r in rejects] == [1]
+
+
+def test_spc_missing_column_or_file(tmp_path):
+    path = _write_spc(tmp_path, [["I bake.", "x"]], columns=["user 1 personas", "Best Generated Conversation"])
+    with pytest.raises(ValueError, match=r"missing columns \['user 2 personas'\]"):
+        pchat.load_synthetic_persona_chat(path)
+    with pytest.raises(FileNotFoundError, match="Synthetic-Persona-Chat file not found"):
+        pchat.load_synthetic_persona_chat(tmp_path / "nope.csv")
+    with pytest.raises(ValueError, match=r"unknown PersonaChat format '\.txt'"):
+        pchat.load_personachat(tmp_path / "x.txt")
+
+
+def test_persona_keys_ignore_case_spacing_and_order():
+    assert pchat.persona_key(["I bake.", "I surf"]) == pchat.persona_key(["i  surf.", "i bake"])
+    assert pchat.persona_key(["I bake."]) != pchat.persona_key(["I surf."])
+    d1 = {"personas": {"A": [], "B": ["I bake."]}}
+    d2 = {"personas": {"A": ["i bake"], "B": ["I surf."]}}
+    assert list(pchat.unique_personas([d1, d2]).values()) == [["I bake."], ["I surf."]]
+
+
+@pytest.mark.skipif(not MIRROR.is_dir(), reason="data mirror not beside the repository")
+def test_the_mirror_loads():
+    valid, rejects = pchat.load_personachat(MIRROR / "xpersona_en_valid.json")
+    assert len(valid) == 1000 and rejects == []
+    assert {d["turns"][0]["speaker"] for d in valid} == {"B"}  # every valid dialogue opens with __SILENCE__
+    assert valid[0]["personas"]["B"][0] == "i'm a nurse."
+    test, _ = pchat.load_personachat(MIRROR / "xpersona_en_test.json")
+    assert {d["turns"][0]["speaker"] for d in test} == {"A"}
+    spc, rejects = pchat.load_personachat(MIRROR / "synthetic_persona_chat_test.csv", errors="skip")
+    assert len(spc) == 965 and [r["row"] for r in rejects] == [320, 465, 510]
+    assert spc[0]["personas"]["A"][0] == "I just bought a brand new house."
+    assert spc[0]["turns"][0] == {"speaker": "A", "text": "Hi, I'm [User 1's name]. What's your name?"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Teacher-written dialogues
+
+
+def test_parse_dialogue_with_names_and_preamble():
+    reply = ("Sure! Here is the conversation:\n\n**Sam:** Hi, I'm Sam.\n2. Alex: Hello Sam!\nI love surfing.\n"
+             "Sam: Cool.\n\nI hope this helps.")
+    turns = pchat.parse_dialogue(reply, names=("Sam", "Alex"), min_turns=3, max_turns=3)
+    assert turns == [{"speaker": "A", "text": "Hi, I'm Sam."}, {"speaker": "B", "text": "Hello Sam! I love surfing."},
+                     {"speaker": "A", "text": "Cool."}]
+
+
+@pytest.mark.parametrize("reply, reason", [
+    ("A: hi\nB: yo", "turn_count"),
+    ("A: hi\nB: yo\nA: so\nB: ok\nA: bye", "turn_count"),
+    ("B: hi\nA: yo\nB: so", "speaker_order"),
+    ("A: hi\nA: yo\nB: so", "speaker_order"),
+    ("A: hi\nB:\nA: so", "empty"),
+    ("A: hi\nB: one two three four five six\nA: so", "too_long"),
+    ("A: hi\nCarol: hey all\nB: yo\nA: so", "unknown_speaker"),
+])
+def test_parse_dialogue_rejects_with_a_reason(reply, reason):
+    with pytest.raises(InvalidReply) as err:
+        pchat.parse_dialogue(reply, min_turns=3, max_turns=4, max_words=5)
+    assert err.value.reason == reason
+
+
+def test_parse_dialogue_needs_two_names():
+    with pytest.raises(ValueError, match="two distinct speaker names"):
+        pchat.parse_dialogue("a: x", names=("Sam", "sam"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 05_label
+
+
+def test_label_messages_list_the_facts():
+    (msg,) = pchat.label_messages(FACTS)
+    assert msg["role"] == "user"
+    assert "- I love spending money.\n- I am high maintenance." in msg["content"]
+    assert "Probably low, given" in msg["content"]
+    with pytest.raises(ValueError, match=r"unknown placeholders \['traits'\]"):
+        pchat.label_messages(FACTS, template="{persona} {traits}")
+    with pytest.raises(ValueError, match="at least one fact"):
+        pchat.label_messages([])
+
+
+GOOD_REPLY = (
+    "Here are my judgements:\n"
+    "1. **Openness:** No clues.\n"
+    "Conscientiousness: Probably low, given “i love spending money”\n"
+    "Extraversion - probably high, given the statement: \"I listen to  Britney Spears!\"\n"
+    "Agreeableness: no clue\n"
+    "Neuroticism: Probably high (given I am high maintenance.)\n"
+)
+
+
+def test_parse_trait_labels_normalises_evidence_to_the_fact():
+    labels = pchat.parse_trait_labels(GOOD_REPLY, FACTS)
+    assert labels == {
+        "O": {"label": "no_clues", "evidence": None},
+        "C": {"label": "low", "evidence": "I love spending money."},
+        "E": {"label": "high", "evidence": "I listen to Britney Spears."},
+        "A": {"label": "no_clues", "evidence": None},
+        "N": {"label": "high", "evidence": "I am high maintenance."},
+    }
+
+
+@pytest.mark.parametrize("old, new, reason, detail", [
+    ("Agreeableness: no clue\n", "", "missing_trait", "no line for Agreeableness"),
+    ("Agreeableness: no clue\n", "Openness: No clues.\n", "duplicate_trait", "Openness is labelled twice"),
+    ("Agreeableness: no clue", "Agreeableness: Maybe high", "unknown_label", "Agreeableness: 'Maybe high'"),
+    ("given “i love spending money”", "given “I love spending money on cars”", "bad_evidence",
+     "'I love spending money on cars' is not one of the persona's facts"),
+    ("given “i love spending money”", "", "missing_evidence", "Conscientiousness: a low/high label needs"),
+])
+def test_parse_trait_labels_rejects(old, new, reason, detail):
+    with pytest.raises(ValueError) as err:
+        pchat.parse_trait_labels(GOOD_REPLY.replace(old, new), FACTS)
+    assert err.value.reason == reason and detail in str(err.value)
+    assert pchat.label_repair_prompt(reason).startswith("That answer is not valid.")
+
+
+def _labels(**levels):
+    out = {t: {"label": "no_clues", "evidence": None} for t in pchat.TRAITS}
+    out.update({t: {"label": lvl, "evidence": FACTS[0]} for t, lvl in levels.items()})
+    return out
+
+
+def test_label_distribution():
+    dist = pchat.label_distribution([_labels(C="low"), _labels(C="high", E="high"), _labels(), _labels(C="low")])
+    assert dist["n_personas"] == 4
+    assert dist["counts"]["C"] == {"no_clues": 1, "low": 2, "high": 1}
+    assert dist["counts"]["E"] == {"no_clues": 3, "low": 0, "high": 1}
+    assert dist["no_clues_share"] == {"O": 1.0, "C": 0.25, "E": 0.75, "A": 1.0, "N": 1.0}
+    assert dist["no_clues_share_overall"] == pytest.approx(4.0 / 5)
+    with pytest.raises(ValueError, match="persona 1: trait O has label 'maybe'"):
+        pchat.label_distribution([_labels(), {**_labels(), "O": {"label": "maybe"}}])
+    with pytest.raises(ValueError, match="no labelled personas"):
+        pchat.label_distribution([])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 06_synthesize
+
+
+def test_sample_traits_keeps_labels_and_is_seeded_per_key():
+    labels = _labels(C="low", E="high")
+    a = pchat.sample_traits(labels, seed=0, key="persona-1")
+    assert a["C"] == "low" and a["E"] == "high" and set(a.values()) <= {"low", "high"}
+    assert pchat.sample_traits(labels, seed=0, key="persona-1") == a
+    draws = {tuple(pchat.sample_traits(labels, seed=0, key=f"p{i}").values()) for i in range(20)}
+    assert len(draws) > 1
+    assert pchat.sample_traits(_labels(), 0, "k", choices=("high",)) == dict.fromkeys(pchat.TRAITS, "high")
+    # relabelling one trait leaves the other traits' draws alone
+    b = pchat.sample_traits(_labels(O="high", C="low", E="high"), seed=0, key="persona-1")
+    assert {t: b[t] for t in "AN"} == {t: a[t] for t in "AN"}
+    with pytest.raises(ValueError, match="choices must be a non-empty subset"):
+        pchat.sample_traits(labels, 0, "k", choices=("medium",))
+    with pytest.raises(ValueError, match="trait O has label None"):
+        pchat.sample_traits({}, 0, "k")
+
+
+def test_dialogue_messages_carry_both_personas_and_traits():
+    traits = {"A": dict.fromkeys(pchat.TRAITS, "high"), "B": dict.fromkeys(pchat.TRAITS, "low")}
+    (msg,) = pchat.dialogue_messages({"A": ["I bake."], "B": ["I surf."]}, traits, 8, 12, names=("Sam", "Alex"))
+    assert "Sam's persona:\n- I bake.\nSam's personality: Openness: high, Conscientiousness: high" in msg["content"]
+    assert "Alex's personality: Openness: low" in msg["content"] and "between 8 and 12 utterances" in msg["content"]
+    with pytest.raises(ValueError, match="speaker B needs a level for each"):
+        pchat.dialogue_messages({"A": ["x"], "B": ["y"]}, {"A": traits["A"], "B": {"O": "low"}}, 8, 12)
+    with pytest.raises(ValueError, match="speaker A has no persona facts"):
+        pchat.dialogue_messages({"A": [], "B": ["y"]}, traits, 8, 12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Persona leakage
+
+
+@pytest.mark.parametrize("utterance, own, expected", [
+    ("Me too! I love playing softball.", ["I am a nurse."], ["I love playing softball."]),
+    ("So you love playing softball?", ["I am a nurse."], []),                      # addresses the partner
+    ("I do not love playing softball.", ["I am a nurse."], []),                   # negated
+    ("I love playing softball too.", ["I love playing softball on weekends."], []),  # own fact covers it
+    ("I am a nurse too.", [], []),                                                 # one content word: too weak
+    ("Nice. My favorite color is yellow!", [], ["My favorite color is yellow."]),
+])
+def test_leaked_facts(utterance, own, expected):
+    other = ["I love playing softball.", "I am a nurse.", "My favorite color is yellow."]
+    assert pchat.leaked_facts(utterance, own, other) == expected
+
+
+def test_leakage_per_dialogue_and_summary():
+    d = {"id": "d", "personas": {"A": ["I love playing softball."], "B": ["My favorite color is yellow."]},
+         "turns": [{"speaker": "A", "text": "Hi! My favorite color is yellow."},
+                   {"speaker": "B", "text": "Mine is yellow too. I love playing softball."},
+                   {"speaker": "A", "text": "Cool."}]}
+    assert pchat.dialogue_leakage(d) == [{"turn": 0, "speaker": "A", "facts": ["My favorite color is yellow."]},
+                                         {"turn": 1, "speaker": "B", "facts": ["I love playing softball."]}]
+    unknown = {"id": "x", "personas": {"A": [], "B": ["I love playing softball."]},
+               "turns": [{"speaker": "A", "text": "I love playing softball."}]}
+    assert pchat.dialogue_leakage(unknown) == []  # A's persona is unknown: not judged
+    assert pchat.leakage_summary([d, unknown]) == {
+        "dialogues": 2, "utterances": 4, "leaking_utterances": 2, "leaking_dialogues": 1, "utterance_share": 0.5,
+        "dialogue_share": 0.5}
+    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
+        pchat.leaked_facts("x", [], [], threshold=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 08_sft
+
+
+def _synth():
+    return {"id": "pt-1", "personas": {"A": ["I bake."], "B": ["I surf."]},
+            "traits": {"A": dict.fromkeys(pchat.TRAITS, "low"), "B": {"O": "high", "E": "low"}},
+            "turns": [{"speaker": "A", "text": "Hi."}, {"speaker": "B", "text": "Hey!"},
+                      {"speaker": "A", "text": "Do you surf?"}, {"speaker": "B", "text": "Every day."}]}
+
+
+def test_sft_rows_carry_persona_and_traits_of_the_responder():
+    rows, skipped = pchat.sft_rows([_synth()])
+    assert skipped == {"first_turn": 1}
+    assert [r["id"] for r in rows] == ["pt-1-t1", "pt-1-t2", "pt-1-t3"]
+    assert rows[2] == {"id": "pt-1-t3", "prompt": [
+        {"role": "system", "content": "You are chatting with a new acquaintance.\nYour persona:\n- I surf.\n"
+                                      "Your personality: Openness: high, Extraversion: low"},
+        {"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hey!"},
+        {"role": "user", "content": "Do you surf?"}],
+        "completion": [{"role": "assistant", "content": "Every day."}]}
+    assert _check_rows(rows, "train")  # the shape lib.train.sft accepts
+    plain, _ = pchat.sft_rows([_synth()], use_traits=False, max_history=1)
+    assert plain[2]["prompt"] == [{"role": "system", "content": "You are chatting with a new acquaintance.\n"
+                                                                "Your persona:\n- I surf."},
+                                  {"role": "user", "content": "Do you surf?"}]
+
+
+def test_personachat_rows_skip_the_speaker_without_persona():
+    p = {"id": "p-1", "personas": {"A": [], "B": ["i surf."]},
+         "turns": [{"speaker": "A", "text": "hi ."}, {"speaker": "B", "text": "hey !"},
+                   {"speaker": "A", "text": "how are you ?"}, {"speaker": "B", "text": "good ."}]}
+    rows, skipped = pchat.sft_rows([p])
+    assert [r["id"] for r in rows] == ["p-1-t1", "p-1-t3"] and skipped == {"first_turn": 1, "no_persona": 1}
+    assert "Your personality" not in rows[0]["prompt"][0]["content"]
+    both, _ = pchat.training_rows("P+PT", [p], [_synth()])
+    assert len(both) == 5
+    assert len(pchat.training_rows("P", [p], [_synth()])[0]) == 2
+    assert len(pchat.training_rows("PT", [p], [_synth()])[0]) == 3
+    with pytest.raises(ValueError, match=r"unknown training set 'T'; expected one of \('P', 'PT', 'P\+PT'\)"):
+        pchat.training_rows("T", [p], [])
+    with pytest.raises(ValueError, match="training set 'PT' has no rows"):
+        pchat.training_rows("PT", [p], [])
+
+
+def test_chat_for_turn_errors_and_trait_override():
+    with pytest.raises(ValueError, match=r"dialogue pt-1: target turn 0 outside 1\.\.3"):
+        pchat.chat_for_turn(_synth(), 0)
+    d = {**_synth(), "personas": {"A": ["I bake."], "B": []}}
+    with pytest.raises(ValueError, match="speaker B of turn 1 has no persona facts"):
+        pchat.chat_for_turn(d, 1)
+    messages, target = pchat.chat_for_turn(_synth(), 3, levels={"E": "high"})
+    assert messages[0]["content"].endswith("Your personality: Extraversion: high") and target == "Every day."
