@@ -151,10 +151,19 @@ def mean_unigram_f1(hyps: Sequence[str], refs: Sequence[str]) -> float:
 
 
 def response_metrics(hyps: Sequence[str], refs: Sequence[str], with_punctuation: bool = False) -> dict[str, float]:
-    """The paper's automatic metrics of generated responses except perplexity: F1, TTR, MTLD, distinct-1/2."""
-    return {"f1": mean_unigram_f1(hyps, refs), "ttr": ttr(hyps, with_punctuation),
-            "mtld": mtld(hyps, with_punctuation=with_punctuation),
-            "distinct_1": distinct_n(hyps, 1), "distinct_2": distinct_n(hyps, 2)}
+    """The paper's automatic metrics of generated responses except perplexity: F1, TTR, MTLD, distinct-1/2.
+
+    A model whose responses hold no word at all (an untrained one may emit only special tokens) gets F1 0 and NaN
+    for the diversity measures, which are undefined on no tokens; "empty_share" says how many responses were empty.
+    """
+    f1 = mean_unigram_f1(hyps, refs)
+    empty = sum(not words(h, with_punctuation) for h in hyps) / len(hyps)
+    if empty == 1:
+        diversity = dict.fromkeys(("ttr", "mtld", "distinct_1", "distinct_2"), float("nan"))
+    else:
+        diversity = {"ttr": ttr(hyps, with_punctuation), "mtld": mtld(hyps, with_punctuation=with_punctuation),
+                     "distinct_1": distinct_n(hyps, 1), "distinct_2": distinct_n(hyps, 2)}
+    return {"f1": f1, **diversity, "empty_share": empty}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -28,17 +28,22 @@ log = logging.getLogger(__name__)
 ROLE_PREFIX = {"system": "", "user": "partner: ", "assistant": "you: "}
 
 
+def chat_source(messages: list[dict]) -> str:
+    """A chat prompt as one source string: the system control text, then "partner: ..." / "you: ..." turns."""
+    lines = []
+    for message in messages:
+        if message.get("role") not in ROLE_PREFIX:
+            raise ValueError(f"unknown role {message.get('role')!r} in a chat prompt")
+        lines.append(ROLE_PREFIX[message["role"]] + message["content"].strip())
+    return "\n".join(lines)
+
+
 def chat_to_seq2seq(row: dict) -> dict:
-    """A conversational prompt-completion row as {"source", "target"}: control text and turns on separate lines."""
+    """A conversational prompt-completion row as {"source", "target"} (see chat_source)."""
     prompt, completion = row.get("prompt"), row.get("completion")
     if not isinstance(prompt, list) or not prompt or not isinstance(completion, list) or not completion:
         raise ValueError(f"row {row.get('id', '?')!r}: needs non-empty 'prompt' and 'completion' message lists")
-    lines = []
-    for message in prompt:
-        if message.get("role") not in ROLE_PREFIX:
-            raise ValueError(f"row {row.get('id', '?')!r}: unknown role {message.get('role')!r}")
-        lines.append(ROLE_PREFIX[message["role"]] + message["content"].strip())
-    return {"source": "\n".join(lines), "target": " ".join(m["content"].strip() for m in completion)}
+    return {"source": chat_source(prompt), "target": " ".join(m["content"].strip() for m in completion)}
 
 
 def build_tiny_t5(out_dir: str | Path, tokenizer_dir: str | Path) -> Path:

@@ -40,11 +40,43 @@ def _utterance(seed: bytes, i: int) -> str:
     return f"I keep thinking about {a}, {b} and {c} lately."  # 9 words, well under the 20-word cap
 
 
+_TRAIT_NAMES = ("Openness", "Conscientiousness", "Extraversion", "Agreeableness", "Neuroticism")
+
+
+def _trait_labels(prompt: str) -> str:
+    """Five valid PersonalityChat labels for a persona-labelling prompt: two traits cite the first fact."""
+    facts = [line[2:].strip() for line in prompt.splitlines() if line.startswith("- ")]
+    answers = ["No clues."] * 5
+    if facts:
+        answers[1] = f'Probably high, given "{facts[0]}"'
+        answers[3] = f'Probably low, given "{facts[-1]}"'
+    return "\n".join(f"{name}: {answer}" for name, answer in zip(_TRAIT_NAMES, answers))
+
+
+def _pchat_dialogue(prompt: str, seed: bytes) -> str | None:
+    """A valid dialogue for a PersonalityChat whole-dialogue prompt ("between M and N utterances"), else None."""
+    counts = re.findall(r"between (\d+) and (\d+) utterances", prompt)
+    names = re.findall(r'as "(\w+): \.\.\." and "(\w+): \.\.\."', prompt)
+    if not counts or not names:
+        return None
+    n_turns, (a, b) = int(counts[-1][1]), names[-1]
+    return "\n".join(f"{(a, b)[i % 2]}: {_utterance(seed, i)}" for i in range(n_turns))
+
+
 def scripted_dialogue_reply(messages: list[dict]) -> str:
-    """A valid dialogue for a whole-dialogue prompt, else one short utterance; deterministic in `messages`."""
+    """A valid reply for every teacher prompt of the pipeline; deterministic in `messages`.
+
+    JIC's whole-dialogue prompt gets a dialogue of the asked turns, PersonalityChat's persona-labelling prompt five
+    valid labels and its dialogue prompt a dialogue of the most utterances allowed; anything else one short utterance.
+    """
     seed = json.dumps(messages, sort_keys=True).encode()
     users = [m.get("content", "") for m in messages if m.get("role") == "user"]
     first = users[0] if users else ""
+    if "Big Five personality traits" in first and "No clues" in first:
+        return _trait_labels(first)
+    pchat = _pchat_dialogue(first, seed)
+    if pchat is not None:
+        return pchat
     # The instruction follows the journals, so its mentions are the last ones in the prompt.
     counts = re.findall(r"\b(\d+)[\s-]+turns?\b", first)
     if not counts:

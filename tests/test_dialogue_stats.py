@@ -51,7 +51,10 @@ def test_unigram_f1_parlai_normalisation():
 def test_response_metrics():
     m = ds.response_metrics(["a b", "a c"], ["a b", "x"])
     assert m["f1"] == 0.5 and m["ttr"] == 0.75
-    assert m["distinct_1"] == 0.75 and m["distinct_2"] == 1.0
+    assert m["distinct_1"] == 0.75 and m["distinct_2"] == 1.0 and m["empty_share"] == 0.0
+    silent = ds.response_metrics(["", " "], ["a b", "x"])  # an untrained model may say nothing at all
+    assert silent["f1"] == 0.0 and silent["empty_share"] == 1.0
+    assert all(math.isnan(silent[k]) for k in ("ttr", "mtld", "distinct_1", "distinct_2"))
 
 
 def test_sentiment_uses_the_bundled_vader_lexicon():

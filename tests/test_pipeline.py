@@ -81,7 +81,9 @@ def test_tiny_dag_runs_end_to_end(tiny_run, teacher):
     assert set(ran) == {"00_models", "01_scrape@jic", "02_cluster@jic", "03_classifier", "04_filter@jic",
                         "06_synthesize@jic", "08_sft@jic_lora", "08_sft@jic_raft", "11_generate@jic", "12_eval@jic",
                         "01_scrape@big5chat", "07_dexperts", "08_sft@big5chat", "09_dpo@big5chat",
-                        "11_generate@big5chat", "12_eval@big5chat"}
+                        "11_generate@big5chat", "12_eval@big5chat", "01_scrape@pchat", "05_label@pchat",
+                        "06_synthesize@pchat", "08_sft@pchat_p", "08_sft@pchat_pt", "08_sft@pchat_ppt",
+                        "11_generate@pchat", "12_eval@pchat"}
     assert json.loads(_dvc(repo, "status", "--json").stdout) == {}  # nothing left stale
     synth = json.loads((repo / "reports/metrics/06_synthesize_jic.json").read_text())
     assert synth["dialogues"] == synth["pairs"] > 0 and synth["acceptance_rate"] == 1.0
@@ -107,6 +109,30 @@ def test_tiny_big5chat_path(tiny_run):
     assert all(v == 0 for v in ev["gaps"]["loglik/ipip120"]["base"].values())  # the base is never induced
     for name in ("07_dexperts", "12_eval_big5chat"):
         assert (repo / "figures" / f"{name}.png").stat().st_size > 1000
+
+
+def test_tiny_pchat_path(tiny_run):
+    repo, _, _ = tiny_run
+    metrics = {name: json.loads((repo / "reports/metrics" / f"{name}.json").read_text())
+               for name in ("01_scrape_pchat", "05_label_pchat", "06_synthesize_pchat", "11_generate_pchat",
+                            "12_eval_pchat")}
+    assert metrics["05_label_pchat"]["acceptance_rate"] == 1.0  # the fake teacher labels validly
+    assert metrics["05_label_pchat"]["label_counts"]["C"]["high"] == metrics["05_label_pchat"]["personas"]
+    synth = metrics["06_synthesize_pchat"]
+    assert synth["dialogues"] == synth["pairs"] == metrics["01_scrape_pchat"]["train_dialogues"] + \
+        metrics["01_scrape_pchat"]["test_dialogues"]
+    for recipe in ("p", "pt", "ppt"):
+        sft = json.loads((repo / "reports/metrics" / f"08_sft_pchat_{recipe}.json").read_text())
+        assert sft["steps"] == 2 and (repo / "models/sft" / f"pchat_{recipe}" / "adapter" / "adapter_config.json").is_file()
+    generations = [json.loads(line) for line in (repo / "data/pchat/11_generate/generations.jsonl").read_text().splitlines()]
+    assert {g["model"] for g in generations} == {"base", "P", "PT", "P+PT"}
+    assert {g["test_set"] for g in generations} == {"P", "PT", "human"}
+    assert metrics["11_generate_pchat"]["probe_replies"] == 2 * 2 * 10  # PT and P+PT x 2 contexts x 5 traits x 2
+    ev = metrics["12_eval_pchat"]
+    assert set(ev["datasets"]) == {"P", "PT", "human"} and ev["datasets"]["P"]["dialogues"] == synth["pairs"]
+    assert set(ev["responses"]) == {f"{m}/{t}" for m in ("base", "P", "PT", "P+PT") for t in ("P", "PT", "human")}
+    assert (repo / "figures/12_eval_pchat.png").stat().st_size > 1000
+    assert (repo / "reports/tables/12_eval_pchat.md").read_text().startswith("# 12_eval · pchat (tiny profile)")
 
 
 def test_api_key_never_written(tiny_run):
@@ -143,6 +169,7 @@ def test_sigkill_mid_synthesis_then_rerun_keeps_every_record_once(tiny_run, teac
     original = tiny.read_text()
     # A new prompt wording (so nothing is cached) served slowly, one pair per batch.
     (repo / "params/prompts/jic_system.txt").write_text("You write short, casual conversations.\n")
+    assert original.count("    batch_size: 4\n    max_concurrency") == 1  # synthesize.jic's, and no other
     tiny.write_text(original.replace("    batch_size: 4\n    max_concurrency", "    batch_size: 1\n    max_concurrency"))
     teacher.delay_s = 1.0
     try:
