@@ -396,6 +396,68 @@ def parse_trait_labels(reply: str, facts: Sequence[str]) -> dict[str, dict]:
     return {t: labels[t] for t in TRAITS}
 
 
+# Per-trait labelling: one question per persona and trait, for teachers too small to answer all five at once.
+# Fields: {persona} and {trait} (the trait's name).
+DEFAULT_TRAIT_LABEL_TEMPLATE = (
+    "Here is what a person says about themselves:\n{persona}\n\n"
+    "Do these statements give a clue about the person's {trait}? Answer with one line, exactly one of:\n"
+    "No clues.\n"
+    "Probably low, given \"<one statement copied exactly from the list>\"\n"
+    "Probably high, given \"<one statement copied exactly from the list>\"\n"
+    "Write nothing else."
+)
+
+
+def trait_label_messages(facts: Sequence[str], trait: str, template: str = DEFAULT_TRAIT_LABEL_TEMPLATE,
+                         system_prompt: str | None = None) -> list[dict]:
+    """The teacher's chat for labelling one trait of one persona."""
+    if trait not in TRAITS:
+        raise ValueError(f"unknown trait {trait!r}; expected one of {list(TRAITS)}")
+    if not facts:
+        raise ValueError("trait_label_messages: a persona needs at least one fact")
+    _check_template(template, {"persona", "trait"})
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    content = template.format(persona=persona_block(facts), trait=TRAITS[trait])
+    return messages + [{"role": "user", "content": content.strip()}]
+
+
+def parse_trait_label(reply: str, facts: Sequence[str], trait: str) -> dict:
+    """One trait's answer, {"label", "evidence"}: the reply's first non-empty line, with or without "<Trait>:" before it.
+
+    Raises InvalidReply: "empty", "unknown_label", "missing_evidence" or "bad_evidence".
+    """
+    lines = [line for line in (_strip_markup(raw) for raw in reply.splitlines()) if line]
+    if not lines:
+        raise InvalidReply("empty", "the reply is empty")
+    m = _TRAIT_LINE.match(lines[0])
+    if m and _TRAIT_BY_NAME[m.group(1).lower()] != trait:
+        raise InvalidReply("unknown_label", f"asked about {TRAITS[trait]}, answered about {m.group(1)}")
+    return _answer(m.group(2) if m else lines[0], facts, trait)
+
+
+def collect_labels(personas: Sequence[Mapping], answers: Sequence[Mapping]) -> list[dict]:
+    """Every persona with five labels: {"id", "facts", "labels", "answered": [traits the teacher answered validly]}.
+
+    `answers` are per-trait records {"persona", "trait", "label", "evidence"} or whole-persona records
+    {"id", "labels"}; a trait without a valid answer counts as "no clues" (the paper's label for no evidence).
+    """
+    found: dict[str, dict[str, dict]] = {}
+    for a in answers:
+        if "labels" in a:
+            found.setdefault(a["id"], {}).update(a["labels"])
+        else:
+            if a.get("trait") not in TRAITS or a.get("label") not in LABELS:
+                raise ValueError(f"answer {a.get('id', '?')!r}: bad trait {a.get('trait')!r} or label {a.get('label')!r}")
+            found.setdefault(a["persona"], {})[a["trait"]] = {"label": a["label"], "evidence": a.get("evidence")}
+    out = []
+    for persona in personas:
+        got = found.get(persona["id"], {})
+        labels = {t: got.get(t) or {"label": "no_clues", "evidence": None} for t in TRAITS}
+        out.append({"id": persona["id"], "facts": list(persona["facts"]), "labels": labels,
+                    "answered": [t for t in TRAITS if t in got]})
+    return out
+
+
 def label_repair_prompt(reason: str) -> str:
     """Repair instructions for a trait-label reply, per failure reason."""
     what = {

@@ -368,3 +368,53 @@ def test_chat_for_turn_errors_and_trait_override():
         pchat.chat_for_turn(d, 1)
     messages, target = pchat.chat_for_turn(_synth(), 3, levels={"E": "high"})
     assert messages[0]["content"].endswith("Your personality: Extraversion: high") and target == "Every day."
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-trait labelling (small teachers)
+
+TRAIT_FACTS = ["I love to bake cookies.", "Knitting is my passion."]
+
+
+def test_trait_label_messages_name_the_trait_and_list_the_facts():
+    (msg,) = pchat.trait_label_messages(TRAIT_FACTS, "E")
+    assert "person's Extraversion?" in msg["content"] and "- Knitting is my passion." in msg["content"]
+    with pytest.raises(ValueError, match="unknown trait 'X'"):
+        pchat.trait_label_messages(TRAIT_FACTS, "X")
+    with pytest.raises(ValueError, match="unknown placeholders"):
+        pchat.trait_label_messages(TRAIT_FACTS, "E", template="{persona} {level}")
+
+
+@pytest.mark.parametrize("reply,expected", [
+    ("No clues.", {"label": "no_clues", "evidence": None}),
+    ("\n**Extraversion:** Probably low, given \"knitting is my passion\"\nbecause...",
+     {"label": "low", "evidence": "Knitting is my passion."}),
+    ('Probably high, given "I love to bake cookies."', {"label": "high", "evidence": "I love to bake cookies."}),
+])
+def test_parse_trait_label(reply, expected):
+    assert pchat.parse_trait_label(reply, TRAIT_FACTS, "E") == expected
+
+
+@pytest.mark.parametrize("reply,reason", [
+    ("  \n ", "empty"), ("Openness: No clues.", "unknown_label"), ("Maybe.", "unknown_label"),
+    ("Probably high.", "missing_evidence"), ('Probably high, given "I hate cookies"', "bad_evidence"),
+])
+def test_parse_trait_label_rejects(reply, reason):
+    with pytest.raises(InvalidReply) as err:
+        pchat.parse_trait_label(reply, TRAIT_FACTS, "E")
+    assert err.value.reason == reason
+
+
+def test_collect_labels_fills_unanswered_traits_with_no_clues():
+    personas = [{"id": "p1", "facts": TRAIT_FACTS}, {"id": "p2", "facts": ["I fish."]}]
+    answers = [{"persona": "p1", "trait": "E", "label": "low", "evidence": TRAIT_FACTS[1]},
+               {"persona": "p1", "trait": "O", "label": "no_clues", "evidence": None}]
+    out = pchat.collect_labels(personas, answers)
+    assert [o["answered"] for o in out] == [["O", "E"], []]
+    assert out[0]["labels"]["E"] == {"label": "low", "evidence": TRAIT_FACTS[1]}
+    assert {o["labels"]["C"]["label"] for o in out} == {"no_clues"}
+    whole = pchat.collect_labels(personas[1:], [{"id": "p2", "labels": {t: {"label": "high", "evidence": "I fish."}
+                                                                        for t in pchat.TRAITS}}])
+    assert whole[0]["answered"] == list(pchat.TRAITS) and whole[0]["labels"]["N"]["label"] == "high"
+    with pytest.raises(ValueError, match="bad trait 'X'"):
+        pchat.collect_labels(personas, [{"persona": "p1", "trait": "X", "label": "low"}])
