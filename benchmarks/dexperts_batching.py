@@ -2,7 +2,7 @@
 
 BIG5-CHAT steers every token with a LoRA expert that reads its own prompt. With all experts as adapters of one base,
 the base rows and the expert rows of a batch can run through ONE forward per token (peft mixed-adapter batches,
-`lib.dexperts` mode "batched") instead of a base forward plus one per expert group ("separate", what separate
+`lib.big5chat.dexperts` mode "batched") instead of a base forward plus one per expert group ("separate", what separate
 models amount to). "base" decodes the base rows alone with the same loop: the cost floor. The goal is
 batched/separate >= 1.5x tokens/s. Greedy; EOS is ignored by default so every mode generates exactly
 n_samples x max_new_tokens tokens. Uses trained experts under models/dexperts/ when present, else random LoRAs

@@ -6,7 +6,7 @@ Run after the main job (`make main`), in the repository:
 
 (a) times `dvc repro` with nothing to do (goal <= 5 s; reported as a ratio to the goal);
 (b) edits `eval.jic.bertscore_layers` in the active profile, asks `dvc status` what is stale (goal: only
-    12_eval@jic), and restores the file. tests/test_pipeline.py makes the same check on the tiny profile and
+    12_eval_jic), and restores the file. tests/test_pipeline.py makes the same check on the tiny profile and
     re-runs the stage to show nothing else runs.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main() -> None:
 
     result = {"profile": profile, "noop_repro_s": round(noop_s, 2), "goal_s": GOAL_S,
               "ratio_to_goal": round(noop_s / GOAL_S, 2), "stale_after_editing_eval_param": stale_after_edit,
-              "only_12_eval_stale": stale_after_edit == ["12_eval@jic"]}
+              "only_12_eval_stale": stale_after_edit == ["12_eval_jic"]}
     out_path = ROOT / "benchmarks" / "results" / "dvc_noop.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2) + "\n")

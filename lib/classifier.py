@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-TRAITS = ("O", "C", "E", "A", "N")
+from lib.traits import TRAITS
+
 BACKENDS = ("embedding_logreg", "finetune")
 
 # Reference level for Essays (Pennebaker & King), taken from the JIC issue statement: "about 56-60% mean accuracy

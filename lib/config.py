@@ -96,6 +96,32 @@ def load_file(path: Path, check_files: bool = True) -> dict:
     return cfg
 
 
+OUTPUTS = ("pipeline", "scratch")
+SCRATCH = ROOT / "scratch"  # git- and DVC-ignored
+_output_root = ROOT
+
+
+def output_root(outputs: str) -> Path:
+    """Where a notebook writes, and where lib.report puts metrics, figures and tables from now on.
+
+    "pipeline" (what lib.run_notebook passes under `dvc repro`): the repository root, where DVC expects the stage's
+    outputs. "scratch" (a notebook's default, so a run by hand in JupyterLab): scratch/ mirrors the same layout,
+    and nothing DVC tracks is overwritten or invalidated. Inputs are read from the pipeline's outputs either way.
+    """
+    global _output_root
+    if outputs not in OUTPUTS:
+        raise ParamsError(f"notebook parameter outputs = {outputs!r}; expected one of {OUTPUTS}")
+    _output_root = ROOT if outputs == "pipeline" else SCRATCH
+    if outputs == "scratch":
+        print(f"run by hand: outputs go under {_rel(SCRATCH)}/ (dvc repro writes the pipeline's own)")
+    return _output_root
+
+
+def current_output_root() -> Path:
+    """The root set by the last `output_root` call (the repository root before any)."""
+    return _output_root
+
+
 def data_path(cfg: dict, rel: str) -> Path:
     """A path inside the data mirror (`data.root` is relative to the repo root)."""
     return (ROOT / cfg["data"]["root"] / rel).resolve()

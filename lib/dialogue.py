@@ -34,7 +34,7 @@ from lib.teacher import InvalidReply, Messages, RunStats, Sampling, generate_val
 
 # Leading list markers: "1.", "2)", "(3)", "-", "*", "•", ">", "Turn 4:".
 _NUMBERING = re.compile(r"^(?:\(?\d{1,3}[.):\]]|[-*•>]|turn\s+\d{1,3}\s*[:.)-]?)\s+", re.IGNORECASE)
-_QUOTES = "\"'“”‘’«»"
+QUOTES = "\"'“”‘’«»"  # quote characters a teacher wraps an utterance in
 
 
 def _label_regex(names: Sequence[str]) -> re.Pattern:
@@ -44,14 +44,18 @@ def _label_regex(names: Sequence[str]) -> re.Pattern:
                       re.IGNORECASE)
 
 
-def _clean_text(text: str) -> str:
-    """Strip surrounding whitespace and matching quote characters."""
+def strip_quotes(text: str) -> str:
+    """Strip surrounding whitespace and quote characters that wrap the whole text ('"Hi."' -> 'Hi.')."""
     text = text.strip()
-    while len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
+    while len(text) >= 2 and text[0] in QUOTES and text[-1] in QUOTES:
         text = text[1:-1].strip()
-    if len(text) == 1 and text in _QUOTES:
-        return ""
     return text
+
+
+def _clean_text(text: str) -> str:
+    """Strip surrounding whitespace and matching quote characters; a lone quote character is no text."""
+    text = strip_quotes(text)
+    return "" if len(text) == 1 and text in QUOTES else text
 
 
 def _strip_markup(line: str) -> str:
@@ -171,18 +175,23 @@ def _check_template(template: str, fields: dict[str, Any]) -> None:
         raise ValueError(f"prompt template uses unknown field {exc}; allowed: {sorted(fields)}") from None
 
 
-def whole_repair_prompt(n_turns: int, max_words: int) -> Callable[[str], str]:
-    """Repair instructions for a whole-dialogue reply, per failure reason."""
+def dialogue_repair_prompt(rules: dict[str, str]) -> Callable[[str], str]:
+    """Repair instructions for a whole-dialogue reply: the rule it broke (`rules` by InvalidReply reason), then the ask."""
     def prompt(reason: str) -> str:
-        what = {
-            "turn_count": f"It must have exactly {n_turns} utterances, one per line.",
-            "speaker_order": "The first speaker must start and the two speakers must strictly alternate.",
-            "empty": "Every utterance must contain text.",
-            "too_long": f"Every utterance must have at most {max_words} words.",
-        }.get(reason, "It does not follow the required format.")
+        what = rules.get(reason, "It does not follow the required format.")
         return (f"That conversation is not valid. {what} Write the whole conversation again, one utterance per line "
                 "as \"Name: text\", and nothing else.")
     return prompt
+
+
+def whole_repair_prompt(n_turns: int, max_words: int) -> Callable[[str], str]:
+    """Repair instructions for a reply to the whole-dialogue prompt (exactly `n_turns` utterances)."""
+    return dialogue_repair_prompt({
+        "turn_count": f"It must have exactly {n_turns} utterances, one per line.",
+        "speaker_order": "The first speaker must start and the two speakers must strictly alternate.",
+        "empty": "Every utterance must contain text.",
+        "too_long": f"Every utterance must have at most {max_words} words.",
+    })
 
 
 def turn_repair_prompt(max_words: int) -> Callable[[str], str]:

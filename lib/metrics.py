@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.traits import TRAITS
+
 log = logging.getLogger(__name__)
 
-TRAITS = ("O", "C", "E", "A", "N")
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 

@@ -33,9 +33,11 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from lib.traits import TRAITS
+
 log = logging.getLogger(__name__)
 
-DOMAINS = ("O", "C", "E", "A", "N")
+DOMAINS = TRAITS  # a questionnaire's domains are the five traits
 Messages = list[dict[str, str]]
 GenerateFn = Callable[[list[Messages], float, int, int], list[str]]  # (chats, temperature, max_new_tokens, seed)
 

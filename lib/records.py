@@ -116,3 +116,12 @@ def split_of(record_id: str, test_fraction: float, seed: int = 0) -> str:
     """'train' or 'test', stable for an id whatever else is in the corpus (hash-based, not positional)."""
     h = int(hashlib.sha256(f"{seed}:{record_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return "test" if h < test_fraction else "train"
+
+
+def require_nonempty(records: list, what: str, hint: str | None = None) -> list:
+    """Stop a stage early, with a pointer to the parameters, when filtering left nothing."""
+    if len(records) == 0:
+        hint = hint or ("check scrape params: the date range (after/before) or folds/max_authors, "
+                        "min_words, sentences_per_entry and max_entries_per_author")
+        raise ValueError(f"empty corpus: {what} has no records; {hint}")
+    return records

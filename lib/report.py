@@ -1,7 +1,8 @@
 """What every notebook does at its start and end: print versions, write metrics and figures.
 
 Metrics are small JSON files under reports/metrics/ and figures PNGs under figures/, both tracked by
-git and declared to DVC with `cache: false`, so a diff of a PR shows how the numbers moved.
+git and declared to DVC with `cache: false`, so a diff of a PR shows how the numbers moved. Both go under
+`config.current_output_root()`: the repository root under `dvc repro`, scratch/ when a notebook is run by hand.
 """
 from __future__ import annotations
 
@@ -13,10 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lib.config import ROOT
-
-METRICS_DIR = ROOT / "reports" / "metrics"
-FIGURES_DIR = ROOT / "figures"
+from lib import config
 
 
 def versions() -> dict:
@@ -35,18 +33,20 @@ def versions() -> dict:
     return info
 
 
-def write_metrics(name: str, metrics: dict) -> Path:
-    """Write reports/metrics/<name>.json with rounded floats and sorted keys (stable diffs)."""
-    METRICS_DIR.mkdir(parents=True, exist_ok=True)
-    path = METRICS_DIR / f"{name}.json"
+def write_metrics(name: str, metrics: dict, root: Path | None = None) -> Path:
+    """Write reports/metrics/<name>.json (under `root`, default the output root) with rounded floats, sorted keys."""
+    folder = (root or config.current_output_root()) / "reports" / "metrics"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps(_clean(metrics), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
 
 
-def save_figure(fig: Any, name: str) -> Path:
-    """Save a matplotlib figure to figures/<name>.png."""
-    FIGURES_DIR.mkdir(parents=True, exist_ok=True)
-    path = FIGURES_DIR / f"{name}.png"
+def save_figure(fig: Any, name: str, root: Path | None = None) -> Path:
+    """Save a matplotlib figure to figures/<name>.png (under `root`, default the output root)."""
+    folder = (root or config.current_output_root()) / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
 

@@ -1,10 +1,11 @@
 """Run one stage's notebook through papermill: the `cmd` of every notebook stage in dvc.yaml.
 
-    python -m lib.run_notebook notebooks/02_cluster.ipynb --paper jic [--recipe lora]
+    python -m lib.run_notebook notebooks/08_sft_jic.ipynb [--recipe lora]
 
-The profile comes from the switch in params.yaml and is validated before a kernel starts. The
-executed copy goes to reports/notebooks/<notebook>_<paper>[_<recipe>].ipynb; the source notebook is
-never executed in place.
+The profile comes from the switch in params.yaml and is validated before a kernel starts. The notebook
+gets `outputs="pipeline"`, so it writes where DVC expects its outputs (run by hand it writes under
+scratch/). The executed copy goes to reports/notebooks/<notebook>[_<recipe>].ipynb, tracked by git so a
+reader of a fresh clone sees every executed notebook; the source notebook is never executed in place.
 """
 from __future__ import annotations
 
@@ -16,30 +17,24 @@ from pathlib import Path
 from lib import config
 
 
-def output_path(notebook: Path, paper: str | None, recipe: str | None) -> Path:
-    """reports/notebooks/<stem>[_<paper>][_<recipe>].ipynb; a paper's own notebook (<stage>_<paper>) is not suffixed twice"""
-    stem = notebook.stem
-    if paper and stem.endswith(f"_{paper}"):
-        stem = stem[: -len(paper) - 1]
-    name = "_".join(x for x in (stem, paper, recipe) if x)
+def output_path(notebook: Path, recipe: str | None = None) -> Path:
+    """reports/notebooks/<notebook stem>[_<recipe>].ipynb"""
+    name = "_".join(x for x in (notebook.stem, recipe) if x)
     return config.ROOT / "reports" / "notebooks" / f"{name}.ipynb"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("notebook", type=Path)
-    ap.add_argument("--paper")
     ap.add_argument("--recipe")
     args = ap.parse_args(argv)
 
     profile = config.active_profile()
     config.load(profile)  # fail before starting a kernel if the params are wrong
-    parameters = {"profile": profile}
-    if args.paper:
-        parameters["paper"] = args.paper
+    parameters = {"profile": profile, "outputs": "pipeline"}
     if args.recipe:
         parameters["recipe"] = args.recipe
-    out = output_path(args.notebook, args.paper, args.recipe)
+    out = output_path(args.notebook, args.recipe)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     # The kernel imports lib/ from this checkout, whatever the caller's PYTHONPATH says.

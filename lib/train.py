@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import resource
+from collections.abc import Callable
 from pathlib import Path
 
 from lib.models import load_for_training
@@ -27,14 +28,23 @@ log = logging.getLogger(__name__)
 _RESERVED_ARGS = {"output_dir": "out_dir", "report_to": "(always [] here)", "max_length": "max_seq_length"}
 
 
-def _check_args(args: dict) -> None:
+def check_args(args: dict) -> None:
     """Reject trainer arguments that this module controls, naming the parameter to use instead."""
     for key, instead in _RESERVED_ARGS.items():
         if key in args:
             raise ValueError(f"trainer args must not set {key!r}; use {instead} instead")
 
 
-def _check_rows(rows: list[dict], split: str) -> list[dict]:
+def check_inputs(train_rows: list[dict], eval_rows: list[dict] | None, args: dict,
+                 check: Callable[[list[dict], str], list[dict]]) -> tuple[list[dict], list[dict]]:
+    """What every trainer here checks first: some training rows, accepted args, and each split's rows by `check`."""
+    if not train_rows:
+        raise ValueError("no training rows")
+    check_args(args)
+    return check(train_rows, "train"), check(eval_rows or [], "eval")
+
+
+def check_rows(rows: list[dict], split: str) -> list[dict]:
     """Validate conversational prompt-completion rows and keep only the columns the trainer consumes."""
     clean = []
     for i, row in enumerate(rows):
@@ -49,7 +59,7 @@ def _check_rows(rows: list[dict], split: str) -> list[dict]:
     return clean
 
 
-def _default_precision(args: dict) -> dict:
+def default_precision(args: dict) -> dict:
     """trl defaults to bf16=True even on CPU (slow autocast there); default it to what the GPU supports instead."""
     import torch
 
@@ -59,14 +69,14 @@ def _default_precision(args: dict) -> dict:
     return {**args, "bf16": bf16, "fp16": torch.cuda.is_available() and not bf16}
 
 
-def _last_checkpoint(checkpoint_dir: Path) -> str | None:
+def last_checkpoint(checkpoint_dir: Path) -> str | None:
     """Latest checkpoint-N directory under checkpoint_dir, or None when training starts fresh."""
     from transformers.trainer_utils import get_last_checkpoint
 
     return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
 
 
-def _peak_memory_mb() -> float:
+def peak_memory_mb() -> float:
     """Peak GPU memory allocated by torch, or on CPU the process's peak resident set size (process lifetime)."""
     import torch
 
@@ -114,7 +124,7 @@ def _ensure_logprob_head() -> None:
         trl_utils._ChunkedLogProbFunction = _TorchLogProbHead
 
 
-def _write_metrics(out_dir: Path, name: str, metrics: dict) -> None:
+def write_train_metrics(out_dir: Path, name: str, metrics: dict) -> None:
     """Write metrics as pretty JSON (small, diffable, read by DVC `metrics`)."""
     (out_dir / name).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -166,7 +176,7 @@ def _train_and_save(trainer, tokenizer, out_dir: Path, backend: str, evaluate: b
     Shared by sft and dpo: the trainer's output_dir is the checkpoint directory. A run whose checkpoint already
     holds every planned step is not trained again; its train_loss is then None.
     """
-    resume = _last_checkpoint(Path(trainer.args.output_dir))
+    resume = last_checkpoint(Path(trainer.args.output_dir))
     start_step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"] if resume else 0
     train_loss, runtime, samples_per_s = None, 0.0, None
     if resume and start_step >= _planned_steps(trainer):
@@ -193,7 +203,7 @@ def _train_and_save(trainer, tokenizer, out_dir: Path, backend: str, evaluate: b
         "train_runtime_s": runtime,
         "samples_per_s": samples_per_s,
         "backend": backend,
-        "peak_memory_mb": _peak_memory_mb(),
+        "peak_memory_mb": peak_memory_mb(),
     }
     if evaluate:
         metrics |= {k: v for k, v in trainer.evaluate().items() if k in _EVAL_METRICS}
@@ -203,11 +213,7 @@ def _train_and_save(trainer, tokenizer, out_dir: Path, backend: str, evaluate: b
 def sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[dict] | None, out_dir: str | Path,
         lora: dict, args: dict, max_seq_length: int = 512, load_in_4bit: bool = False) -> dict:
     """LoRA-SFT on conversational prompt-completion rows (loss on the completion only); resumes after a kill."""
-    if not train_rows:
-        raise ValueError("no training rows")
-    _check_args(args)
-    train = _check_rows(train_rows, "train")
-    evals = _check_rows(eval_rows or [], "eval")
+    train, evals = check_inputs(train_rows, eval_rows, args, check_rows)
     out_dir = Path(out_dir)
 
     # Model first: on a GPU box this imports unsloth, which must precede trl/transformers.
@@ -220,11 +226,11 @@ def sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[dict] | 
 
     # Loss on the completion only (trl's default for prompt-completion rows too; explicit so it cannot drift).
     config = SFTConfig(output_dir=str(out_dir / "checkpoints"), report_to=[], max_length=max_seq_length,
-                       **{"completion_only_loss": True, **_default_precision(args)})
+                       **{"completion_only_loss": True, **default_precision(args)})
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(train),
                          eval_dataset=Dataset.from_list(evals) if evals else None, processing_class=tokenizer)
     metrics = _train_and_save(trainer, tokenizer, out_dir, backend, evaluate=bool(evals))
-    _write_metrics(out_dir, "train_metrics.json", metrics)
+    write_train_metrics(out_dir, "train_metrics.json", metrics)
     return metrics
 
 
@@ -258,7 +264,7 @@ def dpo(model_path: str | Path, train_pairs: list[dict], eval_pairs: list[dict] 
     """
     if not train_pairs:
         raise ValueError("no training pairs")
-    _check_args(args)
+    check_args(args)
     if lora.get("init_lora_weights", True) not in _NO_OP_LORA_INITS:
         raise ValueError(f"dpo needs a no-op initial adapter (init_lora_weights in {_NO_OP_LORA_INITS}), got "
                          f"{lora['init_lora_weights']!r}: the adapter-disabled reference would not be the start model")
@@ -274,7 +280,7 @@ def dpo(model_path: str | Path, train_pairs: list[dict], eval_pairs: list[dict] 
     _ensure_logprob_head()  # DPO scores sequences through the same fused LM head as SFT
 
     config = DPOConfig(output_dir=str(out_dir / "checkpoints"), report_to=[], max_length=max_seq_length,
-                       **_default_precision(args))
+                       **default_precision(args))
     trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=Dataset.from_list(train),
                          eval_dataset=Dataset.from_list(evals) if evals else None, processing_class=tokenizer)
     _use_base_as_reference(trainer.model)
@@ -287,5 +293,5 @@ def dpo(model_path: str | Path, train_pairs: list[dict], eval_pairs: list[dict] 
     metrics |= {"train_pairs_kept": kept, "beta": config.beta,
                 "reward_accuracy": _last_logged(history, "rewards/accuracies"),
                 "reward_margin": _last_logged(history, "rewards/margins")}
-    _write_metrics(out_dir, "train_metrics.json", metrics)
+    write_train_metrics(out_dir, "train_metrics.json", metrics)
     return metrics

@@ -22,7 +22,7 @@ def test_there_are_notebooks():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_stripped_and_named(path):
-    # NN_stage.ipynb, or NN_stage_<paper>.ipynb where a paper's stage differs from the shared one
+    # NN_stage_<paper>.ipynb, or NN_stage.ipynb for a stage every paper shares
     assert re.fullmatch(r"\d\d_[a-z]+(_[a-z0-9]+)?\.ipynb", path.name)
     raw = path.read_text()
     assert "\r\n" not in raw
@@ -88,37 +88,119 @@ def _stage_for(nb_name):
     return None, None
 
 
+LIB = ROOT / "lib"
+PAPERS = sorted(p.name for p in LIB.iterdir() if (p / "__init__.py").is_file())  # lib/<paper>/ packages
+SHARED = {"00_models", "03_classifier"}  # the only stages (and notebooks) without a paper suffix
+
+
+def _module_file(mod: str) -> Path:
+    """lib/config.py for "config", lib/jic/__init__.py for "jic", lib/jic/cluster.py for "jic.cluster"."""
+    path = LIB.joinpath(*mod.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
 def _lib_imports(code: str) -> set[str]:
-    """lib modules a piece of code imports (`from lib import a, b`, `from lib.x import y`)."""
-    used = set(re.findall(r"from lib import ([\w, ]+)", code))
-    modules = {m.strip().split(" as ")[0] for group in used for m in group.split(",")}
-    return modules | set(re.findall(r"from lib\.(\w+) import", code))
+    """lib modules a piece of code imports (`from lib import a, b`, `from lib.x import y`, `from lib.x import (...)`),
+    as dotted names below lib; a name imported from a package is a module when the package has a file of that name."""
+    found = set()
+    for m in re.finditer(r"from lib((?:\.\w+)*) import (?:\(([^)]*)\)|([\w, ]+))", code):
+        base = m.group(1).lstrip(".")
+        if base:
+            found.add(base)
+        for name in (m.group(2) or m.group(3)).replace("\n", " ").split(","):
+            sub = ".".join(filter(None, (base, name.strip().split(" as ")[0])))
+            if name.strip() and _module_file(sub).is_file():
+                found.add(sub)
+    return found
 
 
 def _closure(modules: set[str]) -> set[str]:
-    """The modules and everything they import from lib, transitively."""
+    """The modules, the packages they sit in, and everything they import from lib, transitively."""
     seen, todo = set(), list(modules)
     while todo:
-        mod = todo.pop()
-        if mod not in seen:
-            seen.add(mod)
-            todo += _lib_imports((ROOT / "lib" / f"{mod}.py").read_text())
+        parts = todo.pop().split(".")
+        for i in range(1, len(parts) + 1):  # importing lib.jic.cluster runs lib/jic/__init__.py first
+            mod = ".".join(parts[:i])
+            if mod not in seen:
+                seen.add(mod)
+                todo += _lib_imports(_module_file(mod).read_text())
     return seen
+
+
+def _code_deps(modules: set[str]) -> set[str]:
+    """What a stage running `modules` declares: lib/<paper> for a paper's package, lib/<name>.py for a shared one."""
+    return {f"lib/{m.split('.')[0]}" if _module_file(m).parent != LIB else f"lib/{m}.py" for m in _closure(modules)}
+
+
+def test_import_graph_reader_sees_every_kind_of_import():
+    code = "from lib import config, report\nfrom lib.jic import cluster, journals_by_author\n" \
+           "from lib.pchat.seq2seq import (\n    chat_to_seq2seq,\n)\nfrom lib.traits import TRAITS\n"
+    assert _lib_imports(code) == {"config", "report", "jic", "jic.cluster", "pchat.seq2seq", "traits"}
+    deps = _code_deps({"pchat.seq2seq"})
+    assert {"lib/pchat", "lib/train.py", "lib/models.py"} <= deps and not any(d.endswith("/seq2seq.py") for d in deps)
+
+
+def test_shared_modules_import_no_paper_and_papers_import_no_other_paper():
+    for path in LIB.rglob("*.py"):
+        rel = path.relative_to(LIB)
+        own = rel.parts[0] if len(rel.parts) > 1 else None
+        for mod in _lib_imports(path.read_text()):
+            top = mod.split(".")[0]
+            if top in PAPERS:
+                assert own == top, f"lib/{rel} imports lib.{mod}: shared code and other papers stay out of a paper"
+
+
+def test_no_import_of_another_module_private_names():
+    for path in list(LIB.rglob("*.py")) + sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for names in re.findall(r"from lib[.\w]* import \(?([^)\n]*)", path.read_text()):
+            private = [n.strip() for n in names.split(",") if n.strip().startswith("_")]
+            assert not private, f"{path.relative_to(ROOT)} imports private names {private}"
+
+
+def test_stage_and_notebook_names_say_which_paper():
+    for name, body in _stages():
+        stage = name.split("@")[0]
+        if stage in SHARED:
+            continue
+        paper = stage.rsplit("_", 1)[-1]
+        assert paper in PAPERS, f"stage {name}: a paper's stage ends in _<paper> ({PAPERS}), or is one of {SHARED}"
+        assert f"notebooks/{stage}.ipynb" in body["cmd"], f"stage {name} runs a notebook of another name"
+    for path in NOTEBOOKS:
+        assert path.stem in SHARED or path.stem.rsplit("_", 1)[-1] in PAPERS, path.name
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_stage_declares_exactly_the_lib_modules_it_imports(path):
     """Every lib module the notebook runs is a dep (else an edit would not re-run it), and no other is (else an
-    edit to one paper's module would re-run another paper's stages)."""
+    edit to one paper's module would re-run another paper's stages). A paper's package is one directory dep."""
     name, stage = _stage_for(path.name)
     assert stage, f"{path.name} is run by no stage in dvc.yaml"
     deps = set(stage["deps"])
     assert f"notebooks/{path.name}" in deps
     code = "\n".join("".join(c["source"]) for c in _cells(path) if c["cell_type"] == "code")
-    needed = {f"lib/{m}.py" for m in _closure(_lib_imports(code) | {"run_notebook"})}
+    needed = _code_deps(_lib_imports(code) | {"run_notebook"})
     declared = {d for d in deps if d.startswith("lib/")}
     assert not needed - declared, f"stage {name} imports but does not declare {sorted(needed - declared)}"
     assert not declared - needed, f"stage {name} declares lib modules it never imports: {sorted(declared - needed)}"
+
+
+def test_models_stage_declares_exactly_what_it_runs():
+    declared = {d for d in DVC["stages"]["00_models"]["deps"] if d.startswith("lib/")}
+    assert declared == _code_deps({"prepare"})
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_lab_safe(path):
+    """Opened in JupyterLab, a notebook takes the profile from params.yaml and writes under scratch/: its parameters
+    default to profile = None and outputs = "scratch", its setup sets the output root, and no cell writes under the
+    repository root directly (reads do: the pipeline's outputs are a notebook's inputs)."""
+    cells = _cells(path)
+    params = next("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    assert re.search(r"^profile = None\b", params, re.MULTILINE) and re.search(r'^outputs = "scratch"', params, re.MULTILINE)
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    assert "OUT = config.output_root(outputs)" in code
+    writes = re.findall(r'(?m)^\s*(?:out_dir|experts_root) = (?:report\.resumable_dir\()?ROOT\b|\(ROOT / "(?:reports|figures)"', code)
+    assert not writes, f"{path.name} writes under ROOT: {writes}"
 
 
 def test_every_stage_writes_metrics_uncached():

@@ -7,7 +7,7 @@ import pytest
 
 from lib import pchat
 from lib.teacher import InvalidReply
-from lib.train import _check_rows
+from lib.train import check_rows
 
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data" / "personachat"
 FACTS = ["I love spending money.", "I am high maintenance.", "I diet a lot.", "I listen to Britney Spears."]
@@ -151,10 +151,10 @@ def test_the_mirror_loads():
 # Teacher-written dialogues
 
 
-def test_parse_dialogue_with_names_and_preamble():
+def test_parse_transcript_with_names_and_preamble():
     reply = ("Sure! Here is the conversation:\n\n**Sam:** Hi, I'm Sam.\n2. Alex: Hello Sam!\nI love surfing.\n"
              "Sam: Cool.\n\nI hope this helps.")
-    turns = pchat.parse_dialogue(reply, names=("Sam", "Alex"), min_turns=3, max_turns=3)
+    turns = pchat.parse_transcript(reply, names=("Sam", "Alex"), min_turns=3, max_turns=3)
     assert turns == [{"speaker": "A", "text": "Hi, I'm Sam."}, {"speaker": "B", "text": "Hello Sam! I love surfing."},
                      {"speaker": "A", "text": "Cool."}]
 
@@ -168,15 +168,15 @@ def test_parse_dialogue_with_names_and_preamble():
     ("A: hi\nB: one two three four five six\nA: so", "too_long"),
     ("A: hi\nCarol: hey all\nB: yo\nA: so", "unknown_speaker"),
 ])
-def test_parse_dialogue_rejects_with_a_reason(reply, reason):
+def test_parse_transcript_rejects_with_a_reason(reply, reason):
     with pytest.raises(InvalidReply) as err:
-        pchat.parse_dialogue(reply, min_turns=3, max_turns=4, max_words=5)
+        pchat.parse_transcript(reply, min_turns=3, max_turns=4, max_words=5)
     assert err.value.reason == reason
 
 
-def test_parse_dialogue_needs_two_names():
+def test_parse_transcript_needs_two_names():
     with pytest.raises(ValueError, match="two distinct speaker names"):
-        pchat.parse_dialogue("a: x", names=("Sam", "sam"))
+        pchat.parse_transcript("a: x", names=("Sam", "sam"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -336,7 +336,7 @@ def test_sft_rows_carry_persona_and_traits_of_the_responder():
         {"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hey!"},
         {"role": "user", "content": "Do you surf?"}],
         "completion": [{"role": "assistant", "content": "Every day."}]}
-    assert _check_rows(rows, "train")  # the shape lib.train.sft accepts
+    assert check_rows(rows, "train")  # the shape lib.train.sft accepts
     plain, _ = pchat.sft_rows([_synth()], use_traits=False, max_history=1)
     assert plain[2]["prompt"] == [{"role": "system", "content": "You are chatting with a new acquaintance.\n"
                                                                 "Your persona:\n- I surf."},

@@ -78,12 +78,12 @@ def tiny_run(tiny_repo):
 def test_tiny_dag_runs_end_to_end(tiny_run, teacher):
     repo, proc, seconds = tiny_run
     ran = re.findall(r"Running stage '([^']+)'", proc.stdout)
-    assert set(ran) == {"00_models", "01_scrape@jic", "02_cluster@jic", "03_classifier", "04_filter@jic",
-                        "06_synthesize@jic", "08_sft@jic_lora", "08_sft@jic_raft", "11_generate@jic", "12_eval@jic",
-                        "01_scrape@big5chat", "07_dexperts", "08_sft@big5chat", "09_dpo@big5chat",
-                        "11_generate@big5chat", "12_eval@big5chat", "01_scrape@pchat", "05_label@pchat",
-                        "06_synthesize@pchat", "08_sft@pchat_p", "08_sft@pchat_pt", "08_sft@pchat_ppt",
-                        "11_generate@pchat", "12_eval@pchat"}
+    assert set(ran) == {"00_models", "01_scrape_jic", "02_cluster_jic", "03_classifier", "04_filter_jic",
+                        "06_synthesize_jic", "08_sft_jic@lora", "08_sft_jic@raft", "11_generate_jic", "12_eval_jic",
+                        "01_scrape_big5chat", "07_dexperts_big5chat", "08_sft_big5chat", "09_dpo_big5chat",
+                        "11_generate_big5chat", "12_eval_big5chat", "01_scrape_pchat", "05_label_pchat",
+                        "06_synthesize_pchat", "08_sft_pchat@p", "08_sft_pchat@pt", "08_sft_pchat@ppt",
+                        "11_generate_pchat", "12_eval_pchat"}
     assert json.loads(_dvc(repo, "status", "--json").stdout) == {}  # nothing left stale
     synth = json.loads((repo / "reports/metrics/06_synthesize_jic.json").read_text())
     assert synth["dialogues"] == synth["pairs"] > 0 and synth["acceptance_rate"] == 1.0
@@ -99,7 +99,7 @@ def test_tiny_dag_runs_end_to_end(tiny_run, teacher):
 
 def test_tiny_big5chat_path(tiny_run):
     repo, _, _ = tiny_run
-    dex = json.loads((repo / "reports/metrics/07_dexperts.json").read_text())
+    dex = json.loads((repo / "reports/metrics/07_dexperts_big5chat.json").read_text())
     assert len(dex["experts"]) == 10 and dex["replies"] == dex["units"] * 10
     assert all((repo / "models/dexperts" / name / "adapter" / "adapter_config.json").is_file() for name in dex["experts"])
     answers = (repo / "data/big5chat/11_generate/answers_loglik.jsonl").read_text().splitlines()
@@ -107,7 +107,7 @@ def test_tiny_big5chat_path(tiny_run):
     ev = json.loads((repo / "reports/metrics/12_eval_big5chat.json").read_text())
     assert set(ev["gaps"]["loglik/ipip120"]) == {"base", "instruct", "demo", "sft", "dpo"}
     assert all(v == 0 for v in ev["gaps"]["loglik/ipip120"]["base"].values())  # the base is never induced
-    for name in ("07_dexperts", "12_eval_big5chat"):
+    for name in ("07_dexperts_big5chat", "12_eval_big5chat"):
         assert (repo / "figures" / f"{name}.png").stat().st_size > 1000
 
 
@@ -153,9 +153,9 @@ def test_editing_one_eval_param_reruns_eval_alone(tiny_run):
     tiny.write_text(original.replace("    bertscore_layers: 6", "    bertscore_layers: 5"))
     try:
         status = _dvc(repo, "status", "--json").stdout
-        assert set(json.loads(status)) == {"12_eval@jic"}
+        assert set(json.loads(status)) == {"12_eval_jic"}
         ran = re.findall(r"Running stage '([^']+)'", _dvc(repo, "repro").stdout)
-        assert ran == ["12_eval@jic"]
+        assert ran == ["12_eval_jic"]
     finally:
         tiny.write_text(original)
         _dvc(repo, "repro")
@@ -173,7 +173,7 @@ def test_sigkill_mid_synthesis_then_rerun_keeps_every_record_once(tiny_run, teac
     tiny.write_text(original.replace("    batch_size: 4\n    max_concurrency", "    batch_size: 1\n    max_concurrency"))
     teacher.delay_s = 1.0
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "06_synthesize@jic"], cwd=repo,
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "06_synthesize_jic"], cwd=repo,
                                 env=_env(repo), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         deadline = time.time() + 120
@@ -187,7 +187,7 @@ def test_sigkill_mid_synthesis_then_rerun_keeps_every_record_once(tiny_run, teac
         partial = out.read_text().splitlines()
         assert 1 <= len(partial) < len(pairs), "the kill did not land mid-run"
         teacher.delay_s = 0.0
-        _dvc(repo, "repro", "06_synthesize@jic")
+        _dvc(repo, "repro", "06_synthesize_jic")
         ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
         assert sorted(ids) == sorted(p["id"] for p in pairs)  # every pair exactly once
         assert len(ids) == len(set(ids))

@@ -3,14 +3,15 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 from lib import config, prepare, report, run_notebook
 
 
-def test_write_metrics_rounds_and_cleans(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "METRICS_DIR", tmp_path)
+def test_write_metrics_rounds_and_cleans(tmp_path):
     path = report.write_metrics("x", {"b": 1 / 3, "a": np.float32(0.5), "nan": math.nan, "n": np.int64(3),
-                                      "nested": {"t": (1.23456789, "s")}})
+                                      "nested": {"t": (1.23456789, "s")}}, root=tmp_path)
+    assert path == tmp_path / "reports" / "metrics" / "x.json"
     assert json.loads(path.read_text()) == {"a": 0.5, "b": 0.3333, "nan": None, "n": 3,
                                             "nested": {"t": [1.2346, "s"]}}
     assert list(json.loads(path.read_text())) == ["a", "b", "n", "nan", "nested"]  # sorted keys: stable diffs
@@ -34,12 +35,35 @@ def test_versions_names_the_device():
 
 
 def test_runner_output_path():
-    nb = config.ROOT / "notebooks" / "08_sft.ipynb"
-    assert run_notebook.output_path(nb, "jic", "raft") == config.ROOT / "reports/notebooks/08_sft_jic_raft.ipynb"
-    assert run_notebook.output_path(nb, None, None) == config.ROOT / "reports/notebooks/08_sft.ipynb"
-    own = config.ROOT / "notebooks" / "08_sft_big5chat.ipynb"  # a paper's own notebook keeps one paper suffix
-    expected = config.ROOT / "reports/notebooks/08_sft_big5chat_sft.ipynb"
-    assert run_notebook.output_path(own, "big5chat", "sft") == expected
+    nb = config.ROOT / "notebooks" / "08_sft_jic.ipynb"
+    assert run_notebook.output_path(nb, "raft") == config.ROOT / "reports/notebooks/08_sft_jic_raft.ipynb"
+    assert run_notebook.output_path(nb) == config.ROOT / "reports/notebooks/08_sft_jic.ipynb"
+
+
+def test_a_notebook_run_by_hand_writes_metrics_and_figures_under_scratch(monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(config, "_output_root", config.ROOT)  # restored after the test
+    assert config.output_root("scratch") == config.SCRATCH == config.ROOT / "scratch"
+    metrics = report.write_metrics("test_scratch_only", {"a": 1})
+    figure = report.save_figure(plt.figure(), "test_scratch_only")
+    try:
+        assert metrics == config.SCRATCH / "reports" / "metrics" / "test_scratch_only.json"
+        assert figure == config.SCRATCH / "figures" / "test_scratch_only.png"
+        assert not (config.ROOT / "reports" / "metrics" / "test_scratch_only.json").exists()
+        assert config.output_root("pipeline") == config.ROOT
+        assert report.write_metrics("x", {}, root=config.SCRATCH).parent == metrics.parent  # an explicit root wins
+    finally:
+        for path in (metrics, figure, config.SCRATCH / "reports" / "metrics" / "x.json"):
+            path.unlink(missing_ok=True)
+
+
+def test_output_root_names_a_bad_value():
+    with pytest.raises(config.ParamsError, match="outputs = 'repo'"):
+        config.output_root("repo")
 
 
 def test_prepare_skips_a_teacher_served_by_an_endpoint():

@@ -1,4 +1,5 @@
-"""lib/data.py: PullPush scraping (offline, via httpx.MockTransport), Essays loading and splitting, cleaning."""
+"""lib/jic/scrape.py and lib/corpora.py: PullPush scraping (offline, via httpx.MockTransport), Essays and PANDORA
+loading, Essays splitting into journal entries, cleaning."""
 import json
 import re
 from collections import Counter
@@ -8,19 +9,18 @@ import httpx
 import pandas as pd
 import pytest
 
-from lib import data
-from lib.data import (
+from lib import corpora
+from lib.corpora import load_essays, pseudonymise
+from lib.jic.scrape import (
     PullPushClient,
     PullPushError,
     clean_entries,
     drop_single_entry_authors,
     essays_to_journal,
-    load_essays,
-    pseudonymise,
-    require_nonempty,
     scrape_subreddit,
     split_into_entries,
 )
+from lib.records import require_nonempty
 
 FIX = Path(__file__).parent / "fixtures" / "pullpush"
 AFTER, BEFORE = 1700000000, 1700100000
@@ -318,7 +318,7 @@ def test_pandora_frame_labels_scores_above_40_and_finds_columns():
     raw = pd.DataFrame({"body": ["a comment", "another", "  "], "Openness": [41, 40, 90],
                         "conscientiousness": [0, 99, 1], "extraversion": [50, 10, 1], "agreeableness": [40.5, 3, 1],
                         "neuroticism": [100, 0, 1]})
-    out = data.pandora_frame(raw)
+    out = corpora.pandora_frame(raw)
     assert list(out.columns) == ["text", "O", "C", "E", "A", "N"]
     assert out.to_dict(orient="list") == {"text": ["a comment", "another"], "O": [1, 0], "C": [0, 1], "E": [1, 0],
                                           "A": [1, 0], "N": [1, 0]}  # the blank comment is dropped
@@ -326,19 +326,19 @@ def test_pandora_frame_labels_scores_above_40_and_finds_columns():
 
 def test_pandora_frame_names_what_is_missing():
     with pytest.raises(ValueError, match=r"PANDORA train: expected a text column .* found \['body', 'openness'\]"):
-        data.pandora_frame(pd.DataFrame({"body": ["x"], "openness": [1]}), split="train")
+        corpora.pandora_frame(pd.DataFrame({"body": ["x"], "openness": [1]}), split="train")
 
 
 def test_load_pandora_uses_train_and_test_splits(monkeypatch):
     import datasets
 
     def fake_load(dataset_id):
-        assert dataset_id == data.PANDORA_ID
+        assert dataset_id == corpora.PANDORA_ID
         row = {"text": ["t"], "openness": [60], "conscientiousness": [1], "extraversion": [1], "agreeableness": [1],
                "neuroticism": [1]}
         return datasets.DatasetDict({"train": datasets.Dataset.from_dict(row),
                                      "validation": datasets.Dataset.from_dict(row)})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    train, test = data.load_pandora()
+    train, test = corpora.load_pandora()
     assert len(train) == len(test) == 1 and train.O.tolist() == [1]

@@ -6,12 +6,12 @@ The paper's pipeline: PersonaChat personas -> a teacher labels each persona per 
 speakers and the teacher writes one whole dialogue conditioned on both personas and both speakers' traits
 (single-agent generation, `06_synthesize`) -> response generators fine-tuned on PersonaChat (P), the synthesized set
 (PT) and both (P+PT), with the responder's persona facts and trait labels as control text (`08_sft`). Everything here
-is plain data handling, tested without a model; the metrics are in lib/dialogue_stats.py.
+is plain data handling, tested without a model; the metrics are in lib/pchat/dialogue_stats.py.
 
     dialogues, rejects = pchat.load_personachat("../shared/data/personachat/xpersona_en_valid.json", errors="skip")
     labels = pchat.parse_trait_labels(teacher_reply, facts)            # 05_label, inside the teacher's repair loop
     levels = pchat.sample_traits(labels, seed=0, key=pchat.persona_key(facts))
-    turns = pchat.parse_dialogue(reply, names=("Sam", "Alex"), min_turns=8, max_turns=20)   # 06_synthesize
+    turns = pchat.parse_transcript(reply, names=("Sam", "Alex"), min_turns=8, max_turns=20)   # 06_synthesize
     rows, skipped = pchat.training_rows("P+PT", p_dialogues, pt_dialogues)                  # 08_sft -> lib.train.sft
 
 One dialogue schema for every source:
@@ -48,12 +48,14 @@ import string
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from lib.dialogue import dialogue_repair_prompt, strip_quotes
 from lib.teacher import InvalidReply
+from lib.traits import LEVELS, NAMES, TRAITS
 
-TRAITS = {"O": "Openness", "C": "Conscientiousness", "E": "Extraversion", "A": "Agreeableness", "N": "Neuroticism"}
 LABELS = ("no_clues", "low", "high")
-LEVELS = ("low", "high")
+LABELLED = LABELS[1:]  # the levels a label can name, in the label prompt's order ("Probably low/high")
 SPEAKERS = ("A", "B")
 SILENCE = "__SILENCE__"
 SPC_COLUMNS = ("user 1 personas", "user 2 personas", "Best Generated Conversation")
@@ -65,7 +67,6 @@ SPC_LABELS = {"User 1": "A", "User 2": "B"}
 _LIST_MARKER = re.compile(r"^(?:\(?\d{1,3}[.):\]]|[-•>])\s+")
 _STAGE = re.compile(r"^(?:\[.*\]|\(.*\)|[*\-=_~#.\s]+)$")
 _OTHER_SPEAKER = re.compile(r"^([A-Z][\w'.-]*(?: [A-Z0-9][\w'.-]*){0,2})\s*[*_]*\s*:\s*\S")
-_QUOTES = "\"'“”‘’"
 
 
 def _label_pattern(labels: Sequence[str]) -> re.Pattern:
@@ -76,10 +77,7 @@ def _label_pattern(labels: Sequence[str]) -> re.Pattern:
 def _strip_markup(text: str) -> str:
     """Drop markdown emphasis, list markers and surrounding quotes around a line or an utterance."""
     text = _LIST_MARKER.sub("", text.strip().strip("*_ \t").strip())
-    text = text.strip("*_ \t")
-    while len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
-        text = text[1:-1].strip()
-    return text
+    return strip_quotes(text.strip("*_ \t"))
 
 
 def split_turns(text: str, labels: Mapping[str, str]) -> list[dict]:
@@ -141,11 +139,11 @@ def validate_turns(turns: list[dict], min_turns: int, max_turns: int, first: str
     return turns
 
 
-def parse_dialogue(reply: str, names: tuple[str, str] = ("A", "B"), min_turns: int = 8, max_turns: int = 20,
+def parse_transcript(reply: str, names: tuple[str, str] = ("A", "B"), min_turns: int = 8, max_turns: int = 20,
                    max_words: int | None = None) -> list[dict]:
     """A teacher-written dialogue ("A: ... / B: ...", or the display `names`) as validated turns of A and B."""
     if len(names) != 2 or names[0].lower() == names[1].lower():
-        raise ValueError(f"parse_dialogue needs two distinct speaker names, got {names!r}")
+        raise ValueError(f"parse_transcript needs two distinct speaker names, got {names!r}")
     turns = split_turns(reply, {names[0]: "A", names[1]: "B"})
     return validate_turns(turns, min_turns, max_turns, first="A", max_words=max_words)
 
@@ -157,6 +155,24 @@ def parse_dialogue(reply: str, names: tuple[str, str] = ("A", "B"), min_turns: i
 def _check_errors_mode(errors: str) -> None:
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+
+
+def _collect(items: Sequence, parse: Callable[[Any, int, str], dict], path: Path, limit: int | None,
+             errors: str) -> tuple[list[dict], list[dict]]:
+    """(dialogues, rejects): `parse(item, index, id)` per item, up to `limit` dialogues; a ValueError stops the load
+    (errors="raise") or makes the item a reject {"id", "row", "reason"} (errors="skip")."""
+    dialogues, rejects = [], []
+    for i, item in enumerate(items):
+        did = f"{path.stem}-{i:05d}"
+        try:
+            dialogues.append(parse(item, i, did))
+        except ValueError as exc:
+            if errors == "raise":
+                raise
+            rejects.append({"id": did, "row": i, "reason": str(exc)})
+        if limit is not None and len(dialogues) >= limit:
+            break
+    return dialogues, rejects
 
 
 def _facts(raw, where: str) -> list[str]:
@@ -212,18 +228,8 @@ def load_xpersona(path: str | Path, limit: int | None = None, errors: str = "rai
         raise ValueError(f"{path}: not JSON ({exc})") from exc
     if not isinstance(data, list):  # a malformed file, not a caller's type error: ValueError like the others
         raise ValueError(f"{path}: expected a list of dialogues, got {type(data).__name__}")  # noqa: TRY004
-    dialogues, rejects = [], []
-    for i, item in enumerate(data):
-        did = f"{path.stem}-{i:05d}"
-        try:
-            dialogues.append(_xpersona_dialogue(item, f"{path}: dialogue {i}", did))
-        except ValueError as exc:
-            if errors == "raise":
-                raise
-            rejects.append({"id": did, "row": i, "reason": str(exc)})
-        if limit is not None and len(dialogues) >= limit:
-            break
-    return dialogues, rejects
+    return _collect(data, lambda item, i, did: _xpersona_dialogue(item, f"{path}: dialogue {i}", did), path, limit,
+                    errors)
 
 
 def _spc_dialogue(row: Mapping, where: str, did: str) -> tuple[dict, int]:
@@ -259,19 +265,11 @@ def load_synthetic_persona_chat(path: str | Path, limit: int | None = None,
     missing = [c for c in SPC_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing} (has {list(df.columns)})")
-    dialogues, rejects = [], []
-    for i, row in enumerate(df[list(SPC_COLUMNS)].to_dict("records")):
-        did = f"{path.stem}-{i:05d}"
-        try:
-            dialogue, merges = _spc_dialogue(row, f"{path}: row {i}", did)
-            dialogues.append({**dialogue, "merged_turns": merges})
-        except ValueError as exc:
-            if errors == "raise":
-                raise
-            rejects.append({"id": did, "row": i, "reason": str(exc)})
-        if limit is not None and len(dialogues) >= limit:
-            break
-    return dialogues, rejects
+    def parse(row: Mapping, i: int, did: str) -> dict:
+        dialogue, merges = _spc_dialogue(row, f"{path}: row {i}", did)
+        return {**dialogue, "merged_turns": merges}
+
+    return _collect(df[list(SPC_COLUMNS)].to_dict("records"), parse, path, limit, errors)
 
 
 def load_personachat(path: str | Path, limit: int | None = None, errors: str = "raise"):
@@ -319,7 +317,7 @@ DEFAULT_LABEL_TEMPLATE = (
     "Write nothing else."
 )
 
-_TRAIT_BY_NAME = {name.lower(): t for t, name in TRAITS.items()} | {"extroversion": "E"}
+_TRAIT_BY_NAME = {name.lower(): t for t, name in NAMES.items()} | {"extroversion": "E"}
 _TRAIT_LINE = re.compile(r"^(openness|conscientiousness|extraversion|extroversion|agreeableness|neuroticism)"
                          r"\s*[*_]*\s*[:\-–]\s*(.*)$", re.IGNORECASE)
 _LEVEL = re.compile(r"^probably\s+(low|high)\b[\s,;:.(\-–]*(.*)$", re.IGNORECASE)
@@ -354,12 +352,12 @@ def _evidence(raw: str, facts: Sequence[str], trait: str) -> str:
     """The persona fact a "Probably low/high, given ..." answer rests on, or InvalidReply."""
     m = _GIVEN.match(raw.strip())
     if not m or not m.group(1).strip():
-        raise InvalidReply("missing_evidence", f"{TRAITS[trait]}: a low/high label needs 'given \"<fact>\"'")
+        raise InvalidReply("missing_evidence", f"{NAMES[trait]}: a low/high label needs 'given \"<fact>\"'")
     quoted = _QUOTED.search(m.group(1))
     candidate = quoted.group(1) if quoted else m.group(1)
     by_norm = {normalize_fact(f): f for f in facts}
     if normalize_fact(candidate) not in by_norm:
-        raise InvalidReply("bad_evidence", f"{TRAITS[trait]}: {candidate.strip()[:80]!r} is not one of the persona's "
+        raise InvalidReply("bad_evidence", f"{NAMES[trait]}: {candidate.strip()[:80]!r} is not one of the persona's "
                                            "facts")
     return by_norm[normalize_fact(candidate)]
 
@@ -370,7 +368,7 @@ def _answer(text: str, facts: Sequence[str], trait: str) -> dict:
         return {"label": "no_clues", "evidence": None}
     m = _LEVEL.match(answer)
     if not m:
-        raise InvalidReply("unknown_label", f"{TRAITS[trait]}: {answer[:60]!r} is not 'No clues' or "
+        raise InvalidReply("unknown_label", f"{NAMES[trait]}: {answer[:60]!r} is not 'No clues' or "
                                             "'Probably low/high, given ...'")
     return {"label": m.group(1).lower(), "evidence": _evidence(m.group(2), facts, trait)}
 
@@ -388,9 +386,9 @@ def parse_trait_labels(reply: str, facts: Sequence[str]) -> dict[str, dict]:
             continue
         trait = _TRAIT_BY_NAME[m.group(1).lower()]
         if trait in labels:
-            raise InvalidReply("duplicate_trait", f"{TRAITS[trait]} is labelled twice")
+            raise InvalidReply("duplicate_trait", f"{NAMES[trait]} is labelled twice")
         labels[trait] = _answer(m.group(2), facts, trait)
-    missing = [TRAITS[t] for t in TRAITS if t not in labels]
+    missing = [NAMES[t] for t in TRAITS if t not in labels]
     if missing:
         raise InvalidReply("missing_trait", f"no line for {', '.join(missing)}")
     return {t: labels[t] for t in TRAITS}
@@ -417,7 +415,7 @@ def trait_label_messages(facts: Sequence[str], trait: str, template: str = DEFAU
         raise ValueError("trait_label_messages: a persona needs at least one fact")
     _check_template(template, {"persona", "trait"})
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    content = template.format(persona=persona_block(facts), trait=TRAITS[trait])
+    content = template.format(persona=persona_block(facts), trait=NAMES[trait])
     return messages + [{"role": "user", "content": content.strip()}]
 
 
@@ -431,7 +429,7 @@ def parse_trait_label(reply: str, facts: Sequence[str], trait: str) -> dict:
         raise InvalidReply("empty", "the reply is empty")
     m = _TRAIT_LINE.match(lines[0])
     if m and _TRAIT_BY_NAME[m.group(1).lower()] != trait:
-        raise InvalidReply("unknown_label", f"asked about {TRAITS[trait]}, answered about {m.group(1)}")
+        raise InvalidReply("unknown_label", f"asked about {NAMES[trait]}, answered about {m.group(1)}")
     return _answer(m.group(2) if m else lines[0], facts, trait)
 
 
@@ -492,7 +490,7 @@ def label_distribution(labelled: Sequence[Mapping[str, Mapping]]) -> dict:
 
 
 def sample_traits(labels: Mapping[str, Mapping], seed: int, key: str,
-                  choices: Sequence[str] = LEVELS) -> dict[str, str]:
+                  choices: Sequence[str] = LABELLED) -> dict[str, str]:
     """{trait: "low"|"high"} for one speaker: a labelled trait keeps its level, a "no clues" one is drawn."""
     unknown = [c for c in choices if c not in LEVELS]
     if not choices or unknown:
@@ -510,7 +508,7 @@ def sample_traits(labels: Mapping[str, Mapping], seed: int, key: str,
 
 def traits_text(levels: Mapping[str, str]) -> str:
     """"Openness: high, Conscientiousness: low, ..." in trait order, for the traits present."""
-    return ", ".join(f"{TRAITS[t]}: {levels[t]}" for t in TRAITS if t in levels)
+    return ", ".join(f"{NAMES[t]}: {levels[t]}" for t in TRAITS if t in levels)
 
 
 # The pipeline's copy belongs in params/prompts/. Fields: {name_a} {name_b} {persona_a} {persona_b} {traits_a}
@@ -550,19 +548,15 @@ def dialogue_messages(personas: Mapping[str, Sequence[str]], traits: Mapping[str
     return messages + [{"role": "user", "content": user.strip()}]
 
 
-def dialogue_repair_prompt(min_turns: int, max_turns: int) -> Callable[[str], str]:
-    """Repair instructions for a whole-dialogue reply, per InvalidReply reason."""
-    def prompt(reason: str) -> str:
-        what = {
-            "turn_count": f"It must have between {min_turns} and {max_turns} utterances, one per line.",
-            "speaker_order": "The first speaker must start and the two speakers must strictly alternate.",
-            "empty": "Every utterance must contain text.",
-            "too_long": "An utterance is too long.",
-            "unknown_speaker": "Only the two named speakers may talk.",
-        }.get(reason, "It does not follow the required format.")
-        return (f"That conversation is not valid. {what} Write the whole conversation again, one utterance per line "
-                "as \"Name: text\", and nothing else.")
-    return prompt
+def transcript_repair_prompt(min_turns: int, max_turns: int) -> Callable[[str], str]:
+    """Repair instructions for a reply to the dialogue prompt (`min_turns`..`max_turns` utterances)."""
+    return dialogue_repair_prompt({
+        "turn_count": f"It must have between {min_turns} and {max_turns} utterances, one per line.",
+        "speaker_order": "The first speaker must start and the two speakers must strictly alternate.",
+        "empty": "Every utterance must contain text.",
+        "too_long": "An utterance is too long.",
+        "unknown_speaker": "Only the two named speakers may talk.",
+    })
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -694,7 +688,7 @@ def sft_rows(dialogues: Sequence[Mapping], template: str = DEFAULT_SFT_SYSTEM, u
              max_history: int | None = None) -> tuple[list[dict], dict]:
     """(rows, skipped): prompt-completion rows for every turn after the first whose speaker has persona facts.
 
-    Rows have the conversational shape of lib/jic.py and lib/big5chat.py, so lib.train.sft trains on them. The
+    Rows have the conversational shape of lib/jic and lib/big5chat, so lib.train.sft trains on them. The
     control text carries the speaker's trait levels when the dialogue has "traits" (PT) and `use_traits` is set.
     """
     rows, skipped = [], Counter()

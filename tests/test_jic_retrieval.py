@@ -1,8 +1,8 @@
-"""lib.retrieval: MMR orders on hand-built vectors, RAFt input rendering."""
+"""lib/jic/retrieval.py: MMR orders on hand-built vectors, RAFt input rendering."""
 import numpy as np
 import pytest
 
-from lib.retrieval import build_raft_input, mmr
+from lib.jic.retrieval import build_raft_input, mmr
 
 Q = np.array([1.0, 0.0, 0.0])
 DOCS = np.array([

@@ -64,7 +64,7 @@ def raft_augmenter(journals: dict[str, str], embed_fn: Callable[[list[str]], np.
     `journals` maps author -> journal text; `embed_fn` maps texts to L2-normalised rows. Segment embeddings
     are computed once per author; queries are embedded as they come (and cached).
     """
-    from lib.retrieval import DEFAULT_RAFT_TEMPLATE, build_raft_input, mmr
+    from lib.jic.retrieval import DEFAULT_RAFT_TEMPLATE, build_raft_input, mmr
 
     segments = {a: word_segments(t, segment_words) for a, t in journals.items()}
     seg_vecs: dict[str, np.ndarray] = {}

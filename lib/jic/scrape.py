@@ -1,4 +1,4 @@
-"""Raw-corpus acquisition for stage 01_scrape: journal-like entries per (pseudonymous) author.
+"""JIC's raw-corpus acquisition for stage 01_scrape_jic: journal-like entries per (pseudonymous) author.
 
 Two sources produce the same record shape, so every later stage is source-agnostic:
 
@@ -6,7 +6,7 @@ Two sources produce the same record shape, so every later stage is source-agnost
   `scrape_subreddit(PullPushClient(), "Journaling", after, before, out_path, salt)` writes JSON Lines
   resumably; authors are replaced by salted hashes *before* anything is written.
 * `essays` (cpu/tiny profiles, offline): the Essays corpus (one stream-of-consciousness essay per
-  author, binary Big-Five labels). `load_essays` reads it, `essays_to_journal` cuts each essay into
+  author, binary Big-Five labels). `lib.corpora.load_essays` reads it, `essays_to_journal` cuts each essay into
   several consecutive "journal entries" so that per-author clustering has something to cluster.
 
 Both then go through `clean_entries` and `drop_single_entry_authors`; every dropped record is counted
@@ -16,30 +16,20 @@ Record: {"id", "author", "text", "source", ...} plus "created_utc" (pullpush) or
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pandas as pd
 
+from lib.corpora import pseudonymise
+
 log = logging.getLogger(__name__)
-
-# ---------------------------------------------------------------------------------------------- pseudonyms
-
-
-def pseudonymise(author: str, salt: str) -> str:
-    """Replace a username by a salted hash so raw names never reach disk but one author stays one id."""
-    if not salt:
-        # An unsalted hash of a public username is reversible by hashing the subreddit's user list.
-        raise ValueError("pseudonymise needs a non-empty salt (e.g. from the PSEUDONYM_SALT environment variable)")
-    return "u_" + hashlib.sha256(f"{salt}\x00{author}".encode()).hexdigest()[:16]
-
 
 # ---------------------------------------------------------------------------------------------- PullPush
 
@@ -210,42 +200,6 @@ def scrape_subreddit(client: PullPushClient, subreddit: str, after: int, before:
     return {**stats, "total": total, "dropped": dict(dropped)}
 
 
-# ---------------------------------------------------------------------------------------------- Essays
-
-ESSAYS_LABELS = {"cOPN": "O", "cCON": "C", "cEXT": "E", "cAGR": "A", "cNEU": "N"}
-ESSAYS_COLUMNS = ["split", "TEXT", *ESSAYS_LABELS]
-
-
-def load_essays(path: str | Path, folds: Iterable[int], limit: int | None = None,
-                salt: str = "essays") -> pd.DataFrame:
-    """The Essays corpus rows in `folds` as columns author, text, O, C, E, A, N, fold (first `limit` rows)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Essays corpus not found: {path} (expected the mirror's essays/essays.csv)")
-    df = pd.read_csv(path, encoding="utf-8")  # the mirror is UTF-8 (curly quotes, some Mac-Roman mojibake)
-    missing = [c for c in ESSAYS_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}; found {list(df.columns)}")
-    folds = sorted({int(f) for f in folds})
-    bad_folds = [f for f in folds if not 0 <= f <= 9]
-    if bad_folds or not folds:
-        raise ValueError(f"folds must be a non-empty subset of 0..9, got {folds}")
-    for col in ESSAYS_LABELS:
-        bad = df.index[~df[col].isin([0, 1])].tolist()
-        if bad:
-            raise ValueError(f"{path}: column {col} must be 0/1; bad rows {bad[:10]}")
-    # The key uses the row index of the whole file, so an author's id does not depend on folds or limit.
-    authors = [pseudonymise(f"essay-{i}", salt) for i in df.index]
-    out = pd.DataFrame({"author": authors, "text": df["TEXT"].fillna("").astype(str)}, index=df.index)
-    for src, dst in ESSAYS_LABELS.items():
-        out[dst] = df[src].astype(int)
-    out["fold"] = df["split"].astype(int)
-    out = out[out["fold"].isin(folds)]
-    if limit is not None:
-        out = out.head(limit)
-    return out
-
-
 # A sentence ends at . ! ? (plus closing quotes/brackets) followed by space and a non-punctuation character,
 # so ". . . ." ellipses, common in the essays, stay inside one sentence.
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[^\s.!?])")
@@ -371,53 +325,3 @@ def drop_single_entry_authors(records: list[dict], min_entries: int = 2) -> tupl
         if counts[r["author"]] < min_entries:
             dropped["single_entry_author" if counts[r["author"]] == 1 else "too_few_entries"] += 1
     return kept, dropped
-
-
-def require_nonempty(records: list, what: str, hint: str | None = None) -> list:
-    """Stop a stage early, with a pointer to the parameters, when filtering left nothing."""
-    if len(records) == 0:
-        hint = hint or ("check scrape params: the date range (after/before) or folds/max_authors, "
-                        "min_words, sentences_per_entry and max_entries_per_author")
-        raise ValueError(f"empty corpus: {what} has no records; {hint}")
-    return records
-
-
-# --- PANDORA (paper profile) ----------------------------------------------------------------------------------------
-
-PANDORA_ID = "Fatima0923/Automated-Personality-Prediction"
-_TRAIT_PREFIXES = {"O": "open", "C": "consc", "E": "extra", "A": "agree", "N": "neuro"}
-
-
-def pandora_frame(df: pd.DataFrame, cutoff: float = 40.0, split: str = "") -> pd.DataFrame:
-    """PANDORA rows as columns text, O, C, E, A, N (label = trait score > cutoff, as JIC's classifier)."""
-    cols = {c.lower(): c for c in df.columns}
-    text_col = next((cols[c] for c in ("body", "text", "comment", "post") if c in cols), None)
-    traits = {}
-    for trait, prefix in _TRAIT_PREFIXES.items():
-        found = [c for low, c in cols.items() if low.startswith(prefix)]
-        if len(found) != 1:
-            traits = None
-            break
-        traits[trait] = found[0]
-    if text_col is None or traits is None:
-        raise ValueError(f"PANDORA {split or 'data'}: expected a text column (body/text/comment/post) and one score "
-                         f"column per trait (openness…neuroticism); found {list(df.columns)}")
-    out = pd.DataFrame({"text": df[text_col].astype(str)})
-    for trait, col in traits.items():
-        scores = pd.to_numeric(df[col], errors="coerce")
-        if scores.isna().any():
-            raise ValueError(f"PANDORA {split or 'data'}: column {col!r} has {int(scores.isna().sum())} non-numeric scores")
-        out[trait] = (scores > cutoff).astype(int)
-    return out[out.text.str.strip() != ""].reset_index(drop=True)
-
-
-def load_pandora(dataset_id: str = PANDORA_ID, cutoff: float = 40.0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, test) PANDORA frames from the Hugging Face Hub (paper profile; needs internet or a local cache)."""
-    from datasets import load_dataset
-
-    ds = load_dataset(dataset_id)
-    test_split = "test" if "test" in ds else "validation"
-    if "train" not in ds or test_split not in ds:
-        raise ValueError(f"{dataset_id}: expected train and test/validation splits, found {list(ds)}")
-    return (pandora_frame(ds["train"].to_pandas(), cutoff, "train"),
-            pandora_frame(ds[test_split].to_pandas(), cutoff, test_split))

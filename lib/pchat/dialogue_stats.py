@@ -1,5 +1,5 @@
 """Dialogue statistics and response metrics of PersonalityChat (arXiv 2401.07363): Table 3 and the trait-control
-analysis, for `12_eval@pchat`.
+analysis, for `12_eval_pchat`.
 
 - Dataset statistics (the paper's Table 3, PersonaChat vs PersonalityChat): dialogues, utterances, words per turn,
   MTLD (paper: PersonalityChat 69.1 vs PersonaChat 50.3) and MCN, persona-fact incorporation.
@@ -48,8 +48,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from lib.metrics import distinct_n
+from lib.traits import TRAITS
 
-TRAITS = ("O", "C", "E", "A", "N")
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 _WORD_OR_PUNCT = re.compile(r"[^\W_]+(?:'[^\W_]+)*|[^\w\s]")
 FIRST_PERSON = frozenset(("i", "me", "my", "mine", "myself", "i'm", "i've", "i'd", "i'll"))

@@ -1,8 +1,8 @@
-"""lib.cluster: silhouette-chosen k, dominant cluster with ties, per-author filtering."""
+"""lib/jic/cluster.py: silhouette-chosen k, dominant cluster with ties, per-author filtering."""
 import numpy as np
 import pytest
 
-from lib.cluster import choose_k, cluster_authors, dominant_cluster
+from lib.jic.cluster import choose_k, cluster_authors, dominant_cluster
 
 OFFSETS = np.array([[0, 0], [0.1, 0], [0, 0.1], [-0.1, 0], [0, -0.1], [0.1, 0.1], [-0.1, -0.1]])
 

@@ -5,7 +5,7 @@ import socket
 import numpy as np
 import pytest
 
-from lib import dialogue_stats as ds
+from lib.pchat import dialogue_stats as ds
 
 
 def test_words_keep_contractions_and_drop_punctuation():

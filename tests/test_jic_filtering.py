@@ -1,11 +1,11 @@
-"""lib.filter: alpha/beta filtering on a crafted 3-author example with hand-computed deviations; author pairing."""
+"""lib/jic/filtering.py: alpha/beta filtering on a crafted 3-author example with hand-computed deviations; author pairing."""
 import math
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from lib.filter import alpha_beta_filter, author_profiles, grid, pair_authors
+from lib.jic.filtering import alpha_beta_filter, author_profiles, grid, pair_authors
 
 # Each entry's first four traits share one value v (tenths); trait N is constant and so ignored.
 # v: A = 8, 8, 8, 0 (last is an outlier); B = 5, 5, 5; C = 9, 9.

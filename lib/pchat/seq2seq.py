@@ -11,7 +11,7 @@ trains on (system control text, then the dialogue) into one source string, so bo
     model, tok = load_seq2seq(model_dir, out_dir / "adapter")
     replies = seq2seq_generate(model, tok, [row["source"] for row in test_rows])
 
-Perplexity of references is in lib/perplexity.py, for this architecture and the decoder-only one.
+Perplexity of references is in lib/pchat/perplexity.py, for this architecture and the decoder-only one.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 
 from lib.models import resolve_model
-from lib.train import _check_args, _default_precision, _last_checkpoint, _peak_memory_mb, _write_metrics
+from lib.train import check_inputs, default_precision, last_checkpoint, peak_memory_mb, write_train_metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def build_tiny_t5(out_dir: str | Path, tokenizer_dir: str | Path) -> Path:
     return out_dir
 
 
-def _check_rows(rows: list[dict], split: str) -> list[dict]:
+def check_seq2seq_rows(rows: list[dict], split: str) -> list[dict]:
     """Keep {"source", "target"}; both must be non-empty strings."""
     clean = []
     for i, row in enumerate(rows):
@@ -74,7 +74,7 @@ def _check_rows(rows: list[dict], split: str) -> list[dict]:
     return clean
 
 
-def _tokenize(tokenizer, rows: list[dict], max_source_length: int, max_target_length: int) -> list[dict]:
+def tokenize_seq2seq(tokenizer, rows: list[dict], max_source_length: int, max_target_length: int) -> list[dict]:
     """input_ids/attention_mask of the source and labels of the target, each truncated (the EOS kept)."""
     out = []
     for row in rows:
@@ -91,11 +91,7 @@ def seq2seq_sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[
     `lora` holds peft.LoraConfig names, `args` transformers.Seq2SeqTrainingArguments names. Writes
     out_dir/checkpoints, out_dir/adapter and out_dir/train_metrics.json, like lib.train.sft.
     """
-    if not train_rows:
-        raise ValueError("no training rows")
-    _check_args(args)
-    train = _check_rows(train_rows, "train")
-    evals = _check_rows(eval_rows or [], "eval")
+    train, evals = check_inputs(train_rows, eval_rows, args, check_seq2seq_rows)
     out_dir = Path(out_dir)
 
     from datasets import Dataset
@@ -115,14 +111,14 @@ def seq2seq_sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[
     set_seed(args.get("seed", 42))
     model = get_peft_model(model, LoraConfig(**lora, task_type="SEQ_2_SEQ_LM"))
     config = Seq2SeqTrainingArguments(output_dir=str(out_dir / "checkpoints"), report_to=[],
-                                      **_default_precision(args))
+                                      **default_precision(args))
     trainer = Seq2SeqTrainer(
         model=model, args=config, processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
-        train_dataset=Dataset.from_list(_tokenize(tokenizer, train, max_source_length, max_target_length)),
-        eval_dataset=Dataset.from_list(_tokenize(tokenizer, evals, max_source_length, max_target_length))
+        train_dataset=Dataset.from_list(tokenize_seq2seq(tokenizer, train, max_source_length, max_target_length)),
+        eval_dataset=Dataset.from_list(tokenize_seq2seq(tokenizer, evals, max_source_length, max_target_length))
         if evals else None)
-    resume = _last_checkpoint(Path(config.output_dir))
+    resume = last_checkpoint(Path(config.output_dir))
     start_step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"] if resume else 0
     result = trainer.train(resume_from_checkpoint=resume)
     steps = trainer.state.global_step
@@ -131,12 +127,12 @@ def seq2seq_sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[
     tokenizer.save_pretrained(str(out_dir / "adapter"))
     metrics = {"train_loss": train_loss, "steps": steps, "resumed_from_step": start_step,
                "train_runtime_s": result.metrics["train_runtime"], "backend": "transformers-seq2seq",
-               "peak_memory_mb": _peak_memory_mb()}
+               "peak_memory_mb": peak_memory_mb()}
     if evals:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     if train_loss is not None and not math.isfinite(train_loss):
         log.warning("train loss is not finite: %s", train_loss)
-    _write_metrics(out_dir, "train_metrics.json", metrics)
+    write_train_metrics(out_dir, "train_metrics.json", metrics)
     return metrics
 
 

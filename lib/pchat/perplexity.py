@@ -3,7 +3,7 @@
 Perplexity is exp(mean negative log-likelihood per token of the references), pooled over every reference token of
 a test set (not a mean of per-response perplexities). For a decoder-only chat model the reference is scored as the
 assistant turn after the chat's prompt, exactly the tokens its SFT loss covered (the reply and the end-of-turn
-marker); for an encoder-decoder, as the decoder's labels given the source (lib/seq2seq.py's formatting).
+marker); for an encoder-decoder, as the decoder's labels given the source (lib/pchat/seq2seq.py's formatting).
 
     ppl = causal_perplexity(model, tokenizer, chats, references)
     ppl = seq2seq_perplexity(model, tokenizer, [{"source": ..., "target": ...}, ...])
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from lib.seq2seq import _check_rows, _tokenize
+from lib.pchat.seq2seq import check_seq2seq_rows, tokenize_seq2seq
 
 
 def _completion_ids(tokenizer, messages: list[dict], reference: str) -> tuple[list[int], int]:
@@ -65,10 +65,10 @@ def seq2seq_perplexity(model, tokenizer, rows: list[dict], batch_size: int = 8, 
     """exp(mean token negative log-likelihood of the targets given their sources), over all target tokens."""
     import torch
 
-    rows = _check_rows(rows, "perplexity")
+    rows = check_seq2seq_rows(rows, "perplexity")
     total_nll, total_tokens = 0.0, 0
     for lo in range(0, len(rows), batch_size):
-        batch = _tokenize(tokenizer, rows[lo:lo + batch_size], max_source_length, max_target_length)
+        batch = tokenize_seq2seq(tokenizer, rows[lo:lo + batch_size], max_source_length, max_target_length)
         width = max(len(b["input_ids"]) for b in batch)
         label_width = max(len(b["labels"]) for b in batch)
         ids = torch.tensor([b["input_ids"] + [tokenizer.pad_token_id] * (width - len(b["input_ids"])) for b in batch])

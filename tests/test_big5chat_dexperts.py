@@ -1,10 +1,10 @@
-"""lib.dexperts on a tiny random Llama with random LoRA adapters: steering, batching modes, input checks."""
+"""lib/big5chat/dexperts.py on a tiny random Llama with random LoRA adapters: steering, batching modes, input checks."""
 import copy
 
 import pytest
 import torch
 
-from lib import dexperts
+from lib.big5chat import dexperts
 from lib.models import load_for_inference
 
 ADAPTERS = ("O_high", "O_low", "C_high")

@@ -1,11 +1,11 @@
-"""lib.perplexity: reference perplexity of a decoder-only chat model, checked against a direct computation."""
+"""lib/pchat/perplexity.py: reference perplexity of a decoder-only chat model, checked against a direct computation."""
 import math
 
 import pytest
 import torch
 
-from lib import perplexity
 from lib.models import load_for_inference
+from lib.pchat import perplexity
 
 CHATS = [[{"role": "system", "content": "Persona: I fish."}, {"role": "user", "content": "Hi, any hobbies?"}],
          [{"role": "user", "content": "What did you do today?"}],

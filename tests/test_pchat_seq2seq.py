@@ -1,9 +1,9 @@
-"""lib.seq2seq on a tiny random-init T5: the encoder-decoder path of PersonalityChat's BART/T5 models."""
+"""lib/pchat/seq2seq.py on a tiny random-init T5: the encoder-decoder path of PersonalityChat's BART/T5 models."""
 import math
 
 import pytest
 
-from lib import perplexity, seq2seq
+from lib.pchat import perplexity, seq2seq
 
 ROWS = [{"source": f"persona: I like {thing}.\npartner: What do you like?", "target": f"I like {thing} a lot."}
         for thing in ("dogs", "tea", "rain", "jazz", "maps", "snow", "bread", "trains")]

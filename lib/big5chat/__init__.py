@@ -1,8 +1,9 @@
 """BIG5-CHAT (arXiv 2410.16491) data logic: SODA scenarios, trait-expert data, prompts, SFT rows and DPO pairs.
 
 The pipeline: SODA scenarios -> one agent's replies regenerated with DExperts at each trait x level
-(`07_dexperts`, lib/dexperts.py) -> SFT and DPO of the student (`08_sft`, `09_dpo`) -> questionnaires (`11_generate`,
-`12_eval`, lib/psychometrics.py). Everything here is plain data handling, tested without a model.
+(`07_dexperts_big5chat`, lib/big5chat/dexperts.py) -> SFT and DPO of the student (`08_sft_big5chat`,
+`09_dpo_big5chat`) -> questionnaires (`11_generate_big5chat`, `12_eval_big5chat`, lib/psychometrics.py). Everything
+here is plain data handling, tested without a model.
 """
 from __future__ import annotations
 
@@ -16,10 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from lib.records import split_of
-
-TRAITS = {"O": "Openness", "C": "Conscientiousness", "E": "Extraversion", "A": "Agreeableness", "N": "Neuroticism"}
-LEVELS = ("high", "low")
-OPPOSITE = {"high": "low", "low": "high"}
+from lib.traits import LEVELS, NAMES, OPPOSITE, TRAITS
 
 # BIG5-CHAT Table 2 (BFI, LLaMA-3-8B-Instruct): target-trait score when induced (high, low). The paper reports the
 # untrained model at about 3.0 on every trait.
@@ -64,13 +62,13 @@ def _check(trait: str, level: str) -> None:
 def expert_instruction(trait: str, level: str) -> str:
     """The expert's own prompt (the paper's wording)."""
     _check(trait, level)
-    return f"Help me complete the sentence with certain Big Five Personality: {TRAITS[trait]} - {level}"
+    return f"Help me complete the sentence with certain Big Five Personality: {NAMES[trait]} - {level}"
 
 
 def persona_instruction(trait: str, level: str) -> str:
     """The SFT/DPO instruction, also the instruction-prompt baseline (the paper's wording)."""
     _check(trait, level)
-    return f"You are a helpful assistant with the following Big Five personality traits: {TRAITS[trait]} - {level}"
+    return f"You are a helpful assistant with the following Big Five personality traits: {NAMES[trait]} - {level}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -163,7 +161,7 @@ def expert_messages(unit: dict, trait: str, level: str, template: str = DEFAULT_
 
 
 def split_by_trait_level(df: pd.DataFrame, trait: str, level: str) -> pd.DataFrame:
-    """Rows of a labelled frame (0/1 columns O..N, as lib.data.load_essays returns) at that trait's level."""
+    """Rows of a labelled frame (0/1 columns O..N, as lib.corpora.load_essays returns) at that trait's level."""
     _check(trait, level)
     if trait not in df.columns:
         raise ValueError(f"frame has no label column {trait!r} (columns: {list(df.columns)})")
@@ -181,7 +179,7 @@ def expert_rows(texts: list[str], trait: str, level: str, max_words: int | None 
         if words:
             rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": " ".join(words)}]})
     if not rows:
-        raise ValueError(f"no non-empty texts for the {TRAITS[trait]} - {level} expert")
+        raise ValueError(f"no non-empty texts for the {NAMES[trait]} - {level} expert")
     return rows
 
 
@@ -264,7 +262,7 @@ def demo_messages(trait: str, level: str, descriptions: dict, examples: list[str
     """The "demo" baseline: the instruction, a description of the level, and texts by people at that level."""
     _check(trait, level)
     lines = [persona_instruction(trait, level) + ".",
-             f"People with {level} {TRAITS[trait].lower()} are {descriptions[trait][level]}."]
+             f"People with {level} {NAMES[trait].lower()} are {descriptions[trait][level]}."]
     if examples:
         lines.append("Here is how such people write:")
         lines += [f"- {ex.strip()}" for ex in examples if ex.strip()]

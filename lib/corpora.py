@@ -1,0 +1,107 @@
+"""Labelled Big-Five corpora that several papers read: Essays and PANDORA, plus author pseudonyms.
+
+- Essays (the `../shared/data` mirror, offline): one stream-of-consciousness essay per author with binary Big-Five
+  labels. The trait classifier (03_classifier) trains on it on cpu/tiny; JIC's 01_scrape cuts it into journal-like
+  entries on cpu/tiny; BIG5-CHAT's 01_scrape takes each trait's high and low texts for its experts.
+- PANDORA (paper profile, Hugging Face Hub): Reddit comments with Big-Five scores, labelled high when a score > 40,
+  as JIC's classifier.
+
+Authors are replaced by salted hashes (`pseudonymise`) before anything is written.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from lib.traits import TRAITS
+
+# ---------------------------------------------------------------------------------------------- pseudonyms
+
+
+def pseudonymise(author: str, salt: str) -> str:
+    """Replace a username by a salted hash so raw names never reach disk but one author stays one id."""
+    if not salt:
+        # An unsalted hash of a public username is reversible by hashing the subreddit's user list.
+        raise ValueError("pseudonymise needs a non-empty salt (e.g. from the PSEUDONYM_SALT environment variable)")
+    return "u_" + hashlib.sha256(f"{salt}\x00{author}".encode()).hexdigest()[:16]
+
+
+
+# ---------------------------------------------------------------------------------------------- Essays
+
+ESSAYS_LABELS = {"cOPN": "O", "cCON": "C", "cEXT": "E", "cAGR": "A", "cNEU": "N"}
+ESSAYS_COLUMNS = ["split", "TEXT", *ESSAYS_LABELS]
+
+
+def load_essays(path: str | Path, folds: Iterable[int], limit: int | None = None,
+                salt: str = "essays") -> pd.DataFrame:
+    """The Essays corpus rows in `folds` as columns author, text, O, C, E, A, N, fold (first `limit` rows)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Essays corpus not found: {path} (expected the mirror's essays/essays.csv)")
+    df = pd.read_csv(path, encoding="utf-8")  # the mirror is UTF-8 (curly quotes, some Mac-Roman mojibake)
+    missing = [c for c in ESSAYS_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; found {list(df.columns)}")
+    folds = sorted({int(f) for f in folds})
+    bad_folds = [f for f in folds if not 0 <= f <= 9]
+    if bad_folds or not folds:
+        raise ValueError(f"folds must be a non-empty subset of 0..9, got {folds}")
+    for col in ESSAYS_LABELS:
+        bad = df.index[~df[col].isin([0, 1])].tolist()
+        if bad:
+            raise ValueError(f"{path}: column {col} must be 0/1; bad rows {bad[:10]}")
+    # The key uses the row index of the whole file, so an author's id does not depend on folds or limit.
+    authors = [pseudonymise(f"essay-{i}", salt) for i in df.index]
+    out = pd.DataFrame({"author": authors, "text": df["TEXT"].fillna("").astype(str)}, index=df.index)
+    for src, dst in ESSAYS_LABELS.items():
+        out[dst] = df[src].astype(int)
+    out["fold"] = df["split"].astype(int)
+    out = out[out["fold"].isin(folds)]
+    if limit is not None:
+        out = out.head(limit)
+    return out
+
+
+# --- PANDORA (paper profile) ----------------------------------------------------------------------------------------
+
+PANDORA_ID = "Fatima0923/Automated-Personality-Prediction"
+_TRAIT_PREFIXES = dict(zip(TRAITS, ("open", "consc", "extra", "agree", "neuro")))
+
+
+def pandora_frame(df: pd.DataFrame, cutoff: float = 40.0, split: str = "") -> pd.DataFrame:
+    """PANDORA rows as columns text, O, C, E, A, N (label = trait score > cutoff, as JIC's classifier)."""
+    cols = {c.lower(): c for c in df.columns}
+    text_col = next((cols[c] for c in ("body", "text", "comment", "post") if c in cols), None)
+    traits = {}
+    for trait, prefix in _TRAIT_PREFIXES.items():
+        found = [c for low, c in cols.items() if low.startswith(prefix)]
+        if len(found) != 1:
+            traits = None
+            break
+        traits[trait] = found[0]
+    if text_col is None or traits is None:
+        raise ValueError(f"PANDORA {split or 'data'}: expected a text column (body/text/comment/post) and one score "
+                         f"column per trait (openness…neuroticism); found {list(df.columns)}")
+    out = pd.DataFrame({"text": df[text_col].astype(str)})
+    for trait, col in traits.items():
+        scores = pd.to_numeric(df[col], errors="coerce")
+        if scores.isna().any():
+            raise ValueError(f"PANDORA {split or 'data'}: column {col!r} has {int(scores.isna().sum())} non-numeric scores")
+        out[trait] = (scores > cutoff).astype(int)
+    return out[out.text.str.strip() != ""].reset_index(drop=True)
+
+
+def load_pandora(dataset_id: str = PANDORA_ID, cutoff: float = 40.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, test) PANDORA frames from the Hugging Face Hub (paper profile; needs internet or a local cache)."""
+    from datasets import load_dataset
+
+    ds = load_dataset(dataset_id)
+    test_split = "test" if "test" in ds else "validation"
+    if "train" not in ds or test_split not in ds:
+        raise ValueError(f"{dataset_id}: expected train and test/validation splits, found {list(ds)}")
+    return (pandora_frame(ds["train"].to_pandas(), cutoff, "train"),
+            pandora_frame(ds[test_split].to_pandas(), cutoff, test_split))
