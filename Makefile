@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(PY) -m ruff check lib tests benchmarks
+	$(PY) -m ruff check lib tests benchmarks notebooks
 
 lab: $(STAMP)  ## JupyterLab on the notebooks (installs it on first use)
 	$(PY) -m pip install -q jupyterlab==4.6.6

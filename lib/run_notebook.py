@@ -41,13 +41,28 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join([str(config.ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     os.environ.setdefault("HF_HUB_OFFLINE", "0" if profile == "paper" else "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # One string-hash order for every kernel, so what libraries write from a set (peft's target_modules, a model
+    # card's tags) reads the same in every run; our own code never lets set order reach a result.
+    os.environ.setdefault("PYTHONHASHSEED", "0")
 
     import papermill as pm
 
     print(f"running {args.notebook} ({profile}) -> {out.relative_to(config.ROOT)}", flush=True)
-    pm.execute_notebook(str(args.notebook), str(out), parameters=parameters, kernel_name="python3",
-                        cwd=str(config.ROOT), progress_bar=False, log_output=True)
+    try:
+        pm.execute_notebook(str(args.notebook), str(out), parameters=parameters, kernel_name="python3",
+                            cwd=str(config.ROOT), progress_bar=False, log_output=True)
+    finally:
+        relative_paths(out)
     return 0
+
+
+def relative_paths(executed: Path) -> None:
+    """Write the checkout's absolute path out of an executed notebook (papermill's metadata, warnings, printed paths),
+    so the git-tracked copy reads the same on every machine: "/home/me/repo/lib/x.py" becomes "lib/x.py"."""
+    if executed.is_file():
+        root = str(config.ROOT)
+        text = executed.read_text(encoding="utf-8")
+        executed.write_text(text.replace(root + "/", "").replace(root, "."), encoding="utf-8")
 
 
 if __name__ == "__main__":

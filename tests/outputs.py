@@ -4,14 +4,21 @@
     python -m tests.outputs RUN_A > a.json   # the manifest of one run
 
 Every file under data/, models/, reports/ and figures/ counts, byte for byte, except the few that record when or how
-fast something ran rather than what it computed. Those are listed in VOLATILE with the reason; a metrics file is
-compared with its timing keys (TIMING_KEYS) left out, so the rest of it still has to match exactly.
+fast something ran, or where, rather than what it computed. Those are listed in VOLATILE with the reason. Two
+normalisations, each for a reason that is not a result:
+- metrics files (reports/metrics/*.json, */train_metrics.json) are compared without their timing keys (TIMING),
+  so the rest of them still has to match exactly;
+- the checkout's own absolute path, which transformers, peft and the classifier write into model files
+  (adapter_config.json, README.md, meta.json), is replaced by "<repo>" in every file.
+Sets that libraries write (peft's target_modules, a model card's tags) come out in one order because
+lib/run_notebook.py fixes PYTHONHASHSEED for every kernel.
 """
 from __future__ import annotations
 
 import fnmatch
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -22,8 +29,10 @@ VOLATILE = {  # fnmatch patterns: "*" also matches "/"
     "*/COMPLETE": "a resumable output's completion stamp holds the time it finished",
     "data/cache/*": "the teacher's response cache (SQLite) stores when each answer was cached",
     "*/trainer_state.json": "a trainer checkpoint's state logs runtimes and throughput",
+    "*/training_args.bin": "torch.save of the TrainingArguments: the absolute output_dir sits inside a zip whose "
+                           "layout shifts with the folder name's length",
 }
-TIMING_KEYS = ("elapsed_s", "seconds", "runtime", "per_second", "tok_s", "tokens_per_s", "peak_memory", "_s_per_")
+TIMING = re.compile(r"(_s|_mb|runtime|seconds)$")  # elapsed_s, samples_per_s, train_runtime_s, peak_memory_mb
 
 
 def is_volatile(rel: str) -> bool:
@@ -32,14 +41,14 @@ def is_volatile(rel: str) -> bool:
 
 def _without_timings(obj):
     if isinstance(obj, dict):
-        return {k: _without_timings(v) for k, v in obj.items() if not any(t in str(k) for t in TIMING_KEYS)}
+        return {k: _without_timings(v) for k, v in obj.items() if not TIMING.search(str(k))}
     if isinstance(obj, list):
         return [_without_timings(v) for v in obj]
     return obj
 
 
-def digest(path: Path, rel: str) -> str:
-    raw = path.read_bytes()
+def digest(path: Path, rel: str, repo: Path) -> str:
+    raw = path.read_bytes().replace(str(repo.resolve()).encode(), b"<repo>").replace(str(repo).encode(), b"<repo>")
     if rel.endswith(".json") and (rel.startswith("reports/metrics/") or rel.endswith("metrics.json")):
         raw = json.dumps(_without_timings(json.loads(raw)), sort_keys=True).encode()
     return hashlib.sha256(raw).hexdigest()
@@ -52,7 +61,7 @@ def manifest(repo: Path) -> dict[str, str]:
         for path in sorted((repo / top).rglob("*")):
             rel = path.relative_to(repo).as_posix()
             if path.is_file() and not is_volatile(rel):
-                out[rel] = digest(path, rel)
+                out[rel] = digest(path, rel, repo)
     return out
 
 

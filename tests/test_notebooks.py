@@ -2,6 +2,8 @@
 import ast
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,13 @@ DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 
 def _cells(path):
     return json.loads(path.read_text())["cells"]
+
+
+def test_notebooks_and_lib_pass_the_linter():
+    """ruff over notebooks/ as well as the code: an undefined or unused name in a notebook fails here, not mid-DAG."""
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "notebooks", "lib", "tests",
+                           "benchmarks"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:]
 
 
 def test_there_are_notebooks():
@@ -198,7 +207,7 @@ def test_lab_safe(path):
     params = next("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
     assert re.search(r"^profile = None\b", params, re.MULTILINE) and re.search(r'^outputs = "scratch"', params, re.MULTILINE)
     code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-    assert "OUT = config.output_root(outputs)" in code
+    assert "profile = profile or config.active_profile()" in code and "OUT = config.output_root(outputs)" in code
     writes = re.findall(r'(?m)^\s*(?:out_dir|experts_root) = (?:report\.resumable_dir\()?ROOT\b|\(ROOT / "(?:reports|figures)"', code)
     assert not writes, f"{path.name} writes under ROOT: {writes}"
 

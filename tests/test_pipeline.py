@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import outputs
 from tests.fake_teacher import FakeTeacherServer, scripted_dialogue_reply
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,8 +53,7 @@ def teacher():
         yield server
 
 
-@pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory, teacher):
+def _tiny_copy(tmp_path_factory, teacher) -> Path:
     """A copy of the working tree (what a fresh clone has), ../shared beside it, the tiny profile switched on."""
     base = tmp_path_factory.mktemp("clone")
     repo = base / "repo"
@@ -69,10 +69,21 @@ def tiny_repo(tmp_path_factory, teacher):
 
 
 @pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory, teacher):
+    return _tiny_copy(tmp_path_factory, teacher)
+
+
+@pytest.fixture(scope="module")
 def tiny_run(tiny_repo):
     t0 = time.perf_counter()
     proc = _dvc(tiny_repo, "repro")
     return tiny_repo, proc, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def tiny_manifest(tiny_run):
+    """The first run's outputs, taken before any later test edits or re-runs a stage."""
+    return outputs.manifest(tiny_run[0])
 
 
 def test_tiny_dag_runs_end_to_end(tiny_run, teacher):
@@ -95,6 +106,36 @@ def test_tiny_dag_runs_end_to_end(tiny_run, teacher):
         assert (repo / "figures" / f"{name}.png").stat().st_size > 1000
     assert (repo / "reports/tables/12_eval_jic.md").read_text().startswith("# 12_eval · jic (tiny profile)")
     print(f"tiny DAG: {seconds:.0f} s")
+
+
+def test_two_runs_from_scratch_are_byte_identical(tiny_manifest, tmp_path_factory, teacher):
+    """Same seed, same inputs: every data, model, metrics, table and figure file of a second `dvc repro` from scratch,
+    in another folder, equals the first's byte for byte. Excepted (tests/outputs.py, VOLATILE and TIMING_KEYS): the
+    executed notebooks, completion stamps, the teacher cache and trainer state, which record when or how fast
+    something ran, and the timing keys inside metrics files."""
+    assert len(tiny_manifest) > 100 and any(p.startswith("models/sft/") for p in tiny_manifest)
+    again = _tiny_copy(tmp_path_factory, teacher)
+    _dvc(again, "repro")
+    assert outputs.differences(tiny_manifest, outputs.manifest(again)) == []
+
+
+def test_a_notebook_run_by_hand_leaves_the_pipeline_as_it_was(tiny_run, tiny_manifest):
+    """As in JupyterLab: executed from notebooks/ with no parameters injected. It reads the profile from params.yaml
+    (tiny here), writes under scratch/, and leaves every DVC output untouched and `dvc status` clean."""
+    import papermill as pm
+
+    repo, _, _ = tiny_run
+    stage = "02_cluster_jic"
+    pm.execute_notebook(str(repo / "notebooks" / f"{stage}.ipynb"), str(repo / "scratch" / f"{stage}.ipynb"),
+                        kernel_name="python3", cwd=str(repo / "notebooks"), progress_bar=False)
+    scratch = json.loads((repo / "scratch/reports/metrics" / f"{stage}.json").read_text())
+    assert scratch["entries_in"] > 0 and (repo / "scratch/figures" / f"{stage}.png").is_file()
+    assert (repo / "scratch/data/jic/02_cluster/entries.jsonl").is_file()
+    assert "02_cluster (jic, tiny)" in (repo / "scratch" / f"{stage}.ipynb").read_text()  # the figure's title
+    assert json.loads(_dvc(repo, "status", "--json").stdout) == {}
+    now = outputs.manifest(repo)
+    assert {p: d for p, d in now.items() if "02_cluster" in p} == {p: d for p, d in tiny_manifest.items()
+                                                                     if "02_cluster" in p}
 
 
 def test_tiny_big5chat_path(tiny_run):

@@ -40,6 +40,16 @@ def test_runner_output_path():
     assert run_notebook.output_path(nb) == config.ROOT / "reports/notebooks/08_sft_jic.ipynb"
 
 
+def test_executed_notebooks_carry_no_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "ROOT", tmp_path / "repo")
+    nb = tmp_path / "x.ipynb"
+    nb.write_text(json.dumps({"metadata": {"papermill": {"input_path": f"{tmp_path}/repo/notebooks/x.ipynb"}},
+                              "cells": [{"outputs": [{"text": f"cwd {tmp_path}/repo\n"}]}]}))
+    run_notebook.relative_paths(nb)
+    assert str(tmp_path) not in nb.read_text()
+    assert json.loads(nb.read_text())["metadata"]["papermill"]["input_path"] == "notebooks/x.ipynb"
+
+
 def test_a_notebook_run_by_hand_writes_metrics_and_figures_under_scratch(monkeypatch):
     import matplotlib
 
