@@ -1,17 +1,18 @@
 """Teacher LLMs behind one interface, a response cache, and a resumable validate-and-repair loop.
 
 A teacher has a `.name` and `generate(list[Messages], Sampling) -> list[str]` (one reply per chat, in
-order). Two backends:
+order; a chat whose request failed for good on its own gets a `TeacherFailure` in its place). Two backends:
 
 - `LocalTeacher`: a Hugging Face causal LM run in-process with batched generation (the `cpu` profile).
 - `OpenAITeacher`: any OpenAI-compatible `/chat/completions` endpoint (vLLM, Ollama, a hosted API; the
   paper's Llama-3-70B), with bounded concurrency and retries. The API key is read from an environment
-  variable at call time and never stored or printed.
+  variable at call time and never stored, printed or written to disk.
 
 `make_teacher(cfg)` builds either one wrapped in a `CachedTeacher`, whose sqlite cache makes a killed
 stage resume deterministically even when sampling at T=1. `run_records` drives a stage: it builds a
 chat per record, parses each reply (raising `InvalidReply` to reject it), asks the teacher to repair
-rejected replies, and appends accepted and rejected records to JSONL files as they happen.
+rejected replies, and appends accepted and rejected records to JSONL files as they happen. A failed
+request (`TeacherFailure`) is rejected at once, is not cached, and is skipped on resume like any reject.
 
     teacher = make_teacher({"backend": "openai", "model": "m", "base_url": "http://host/v1",
                             "cache_path": "data/cache.sqlite"})
@@ -36,7 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from lib.records import append_jsonl, check_ids, done_ids
 
@@ -56,7 +57,27 @@ class Sampling:
 
 
 class TeacherError(RuntimeError):
-    """A teacher request failed for good (after retries, or with a non-retryable status)."""
+    """The teacher cannot serve the stage: retries exhausted, or a misconfigured endpoint (auth, wrong URL)."""
+
+
+class TeacherFailure(str):
+    """Returned by `generate` in place of one chat's reply when its request failed for good on its own.
+
+    Its text is empty, so code unaware of failures sees an empty reply. `.reason` is the reject code
+    ("http_400", "empty_reply", "malformed_response"); `.detail` says what the endpoint answered (never
+    the API key) and is written as the reject's reply.
+    """
+
+    reason: str
+    detail: str
+
+    def __new__(cls, reason: str, detail: str = "") -> Self:
+        self = super().__new__(cls, "")
+        self.reason, self.detail = reason, detail
+        return self
+
+    def __repr__(self) -> str:
+        return f"TeacherFailure({self.reason!r}, {self.detail!r})"
 
 
 class InvalidReply(ValueError):
@@ -135,6 +156,17 @@ class LocalTeacher:
 # OpenAI-compatible backend
 
 _RETRY_STATUS = {408, 409, 425, 429}
+# Auth and routing errors mean the endpoint is misconfigured: rejecting every record for them would
+# write the whole dataset off as rejects, which a resumed run then skips for good.
+_CONFIG_STATUS = {401, 403, 404, 405, 407}
+
+
+def _accepts(teacher: Any, param: str) -> bool:
+    """Whether `teacher.generate` takes the keyword `param`."""
+    try:
+        return param in inspect.signature(teacher.generate).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _run_sync(coro_factory: Callable[[], Any]) -> Any:
@@ -181,16 +213,41 @@ class OpenAITeacher:
             payload["seed"] = sampling.seed
         return payload
 
-    def _error(self, msg: str) -> TeacherError:
+    def _redact(self, msg: str) -> str:
         # Belt and braces: a server could echo the Authorization header back in an error body.
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        return TeacherError(msg.replace(key, "[redacted]") if key else msg)
+        return msg.replace(key, "[redacted]") if key else msg
+
+    def _error(self, msg: str) -> TeacherError:
+        return TeacherError(self._redact(msg))
+
+    def _failure(self, reason: str, msg: str) -> TeacherFailure:
+        return TeacherFailure(reason, self._redact(msg))
+
+    def _content(self, resp) -> str:
+        """The reply text of a 200 response, or a TeacherFailure for a malformed body or empty content."""
+        try:
+            choice = resp.json()["choices"][0]
+            content, finish = choice["message"]["content"], choice.get("finish_reason")
+        except (ValueError, KeyError, IndexError, TypeError):
+            return self._failure("malformed_response", f"malformed response from {self.url}: {resp.text[:200]!r}")
+        if content is None or (isinstance(content, str) and not content.strip()):
+            return self._failure("empty_reply", f"empty content from {self.url} (finish_reason {finish!r})")
+        if not isinstance(content, str):
+            return self._failure("malformed_response", f"non-text content from {self.url}: {resp.text[:200]!r}")
+        return content
 
     def _delay(self, attempt: int) -> float:
         # Exponential backoff with jitter so concurrent workers do not retry in lockstep.
         return self.backoff_s * (2 ** attempt) * (1.0 + random.random())
 
     async def _one(self, client, sem: asyncio.Semaphore, messages: Messages, sampling: Sampling) -> str:
+        """The reply to one chat; a TeacherFailure for a 4xx of this request alone or an unusable 200 body.
+
+        Raises TeacherError at once for a misconfiguration (401, 403, 404, 405, 407, or a status outside
+        200/4xx/5xx), and when transport errors, 408/409/425/429 or 5xx outlast the retries: an endpoint
+        that is down stops the stage instead of rejecting every record.
+        """
         import httpx
 
         payload = self._payload(messages, sampling)
@@ -203,35 +260,56 @@ class OpenAITeacher:
                     last = f"{type(exc).__name__}"
                     resp = None
             if resp is not None:
-                if resp.status_code == 200:
-                    try:
-                        content = resp.json()["choices"][0]["message"]["content"]
-                    except (ValueError, KeyError, IndexError, TypeError):
-                        raise self._error(f"malformed response from {self.url}: {resp.text[:200]!r}") from None
-                    if not isinstance(content, str):
-                        raise self._error(f"response from {self.url} has no text content: {content!r}")
-                    return content
-                last = f"HTTP {resp.status_code}"
-                if resp.status_code not in _RETRY_STATUS and resp.status_code < 500:
-                    raise self._error(f"{last} from {self.url} (not retried): {resp.text[:200]!r}")
+                status = resp.status_code
+                if status == 200:
+                    return self._content(resp)
+                last = f"HTTP {status}"
+                if status not in _RETRY_STATUS and status < 500:
+                    msg = f"{last} from {self.url} (not retried): {resp.text[:200]!r}"
+                    if 400 <= status < 500 and status not in _CONFIG_STATUS:
+                        return self._failure(f"http_{status}", msg)
+                    raise self._error(msg)
             if attempt < self.max_retries:
                 await asyncio.sleep(self._delay(attempt))
         raise self._error(f"{last} from {self.url}: giving up after {self.max_retries + 1} attempts")
 
-    async def agenerate(self, prompts: Sequence[Messages], sampling: Sampling) -> list[str]:
+    async def agenerate(self, prompts: Sequence[Messages], sampling: Sampling,
+                        on_reply: Callable[[int, str], None] | None = None) -> list[str]:
         """Async form of `generate`, for callers that already run an event loop."""
         import httpx
 
         sem = asyncio.Semaphore(self.max_concurrency)
         limits = httpx.Limits(max_connections=self.max_concurrency)
-        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as client:
-            return list(await asyncio.gather(*(self._one(client, sem, m, sampling) for m in prompts)))
 
-    def generate(self, prompts: Sequence[Messages], sampling: Sampling) -> list[str]:
-        """One reply per chat, in order, at most `max_concurrency` requests in flight."""
+        async def one(client, i: int, messages: Messages) -> str:
+            reply = await self._one(client, sem, messages, sampling)
+            if on_reply is not None:
+                on_reply(i, reply)
+            return reply
+
+        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as client:
+            tasks = [asyncio.ensure_future(one(client, i, m)) for i, m in enumerate(prompts)]
+            try:
+                return list(await asyncio.gather(*tasks))
+            except BaseException:
+                # The stage stops: end the other requests before their client closes (what they
+                # finished has already gone to on_reply).
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+
+    def generate(self, prompts: Sequence[Messages], sampling: Sampling,
+                 on_reply: Callable[[int, str], None] | None = None) -> list[str]:
+        """One reply per chat, in order, at most `max_concurrency` requests in flight.
+
+        A chat whose request fails for good on its own gets a `TeacherFailure`, and the rest of the batch
+        is kept; `on_reply(i, reply)` is called as soon as chat i's reply (or failure) is final. Raises
+        TeacherError as `_one` does: retries exhausted or a misconfigured endpoint.
+        """
         if not prompts:
             return []
-        return _run_sync(lambda: self.agenerate(prompts, sampling))
+        return _run_sync(lambda: self.agenerate(prompts, sampling, on_reply))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -246,7 +324,7 @@ def cache_key(model: str, messages: Messages, sampling: Sampling, attempt: int =
 
 
 class ResponseCache:
-    """Replies on disk in sqlite, keyed by `cache_key`; committed per batch so a kill loses at most one batch."""
+    """Replies on disk in sqlite, keyed by `cache_key`; committed on every `put_many`."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -288,7 +366,12 @@ class ResponseCache:
 
 
 class CachedTeacher:
-    """Wraps a teacher so that only uncached chats are sent; replies come back in input order."""
+    """Wraps a teacher so that only uncached chats are sent; replies come back in input order.
+
+    Successful replies are stored as each one arrives when the teacher's `generate` takes `on_reply`
+    (`OpenAITeacher`), else after its batch, so a kill mid-batch keeps finished replies. A `TeacherFailure`
+    is never stored: a later run (say, with a fixed endpoint) asks again.
+    """
 
     def __init__(self, teacher: Any, cache: ResponseCache):
         self.teacher = teacher
@@ -307,11 +390,22 @@ class CachedTeacher:
         # Identical chats share one key and therefore one reply: send each missing key once.
         missing = {k: m for k, m in zip(keys, prompts) if k not in found}
         if missing:
-            replies = self.teacher.generate(list(missing.values()), sampling)
+            sent = list(missing)
+
+            def store(i: int, reply: str) -> None:
+                if not isinstance(reply, TeacherFailure):
+                    self.cache.put_many({sent[i]: reply})
+
+            streamed = _accepts(self.teacher, "on_reply")
+            if streamed:
+                replies = self.teacher.generate(list(missing.values()), sampling, on_reply=store)
+            else:
+                replies = self.teacher.generate(list(missing.values()), sampling)
             if len(replies) != len(missing):
                 raise TeacherError(f"{self.name} returned {len(replies)} replies for {len(missing)} prompts")
-            new = dict(zip(missing.keys(), replies))
-            self.cache.put_many(new)
+            new = dict(zip(sent, replies))
+            if not streamed:
+                self.cache.put_many({k: r for k, r in new.items() if not isinstance(r, TeacherFailure)})
             found.update(new)
         self.hits += len(prompts) - len(missing)
         self.misses += len(missing)
@@ -348,7 +442,7 @@ def make_teacher(cfg: dict) -> CachedTeacher:
 
 @dataclass
 class RunStats:
-    """Counts for one stage run; `reasons` counts every invalid reply, including ones later repaired."""
+    """Counts for one stage run; `reasons` counts every invalid reply (also ones later repaired) and failed request."""
 
     accepted: int = 0
     repaired: int = 0
@@ -391,25 +485,19 @@ class Outcome:
         return self.reason is None
 
 
-def _accepts_attempt(teacher: Any) -> bool:
-    try:
-        return "attempt" in inspect.signature(teacher.generate).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def generate_validated(chats: list[Messages], parsers: list[Callable[[str], Any]], teacher: Any, sampling: Sampling,
                        max_repairs: int, repair_prompt: Callable[[str], str], stats: RunStats,
                        on_final: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
     """Generate a reply per chat, parse it, and re-ask (batched) for replies the parser rejects.
 
-    `on_final(i, outcome)` is called as soon as chat i is accepted or out of repairs, so callers can
-    write it to disk before the remaining repairs run.
+    A `TeacherFailure` reply is final at once, with its reason and detail as the outcome's reason and
+    reply: re-asking would fail the same way. `on_final(i, outcome)` is called as soon as chat i is
+    accepted or final, so callers can write it to disk before the remaining repairs run.
     """
     chats = [list(m) for m in chats]
     outcomes = [Outcome() for _ in chats]
     pending = list(range(len(chats)))
-    pass_attempt = _accepts_attempt(teacher)
+    pass_attempt = _accepts(teacher, "attempt")
     for attempt in range(max_repairs + 1):
         if not pending:
             break
@@ -419,9 +507,16 @@ def generate_validated(chats: list[Messages], parsers: list[Callable[[str], Any]
             raise TeacherError(f"{teacher.name} returned {len(replies)} replies for {len(batch)} chats")
         still: list[int] = []
         for i, reply in zip(pending, replies):
-            stats.generated_chars += len(reply)
             out = outcomes[i]
-            out.repairs, out.reply = attempt, reply
+            out.repairs = attempt
+            if isinstance(reply, TeacherFailure):
+                out.reason, out.reply = reply.reason, reply.detail
+                stats.reasons[reply.reason] += 1
+                if on_final is not None:
+                    on_final(i, out)
+                continue
+            stats.generated_chars += len(reply)
+            out.reply = reply
             try:
                 out.value, out.reason = parsers[i](reply), None
             except InvalidReply as exc:
@@ -447,7 +542,8 @@ def run_records(records: Sequence[dict], build_messages: Callable[[dict], Messag
     """Resumably turn records into validated teacher outputs, appending each to out_path or rejects_path.
 
     Accepted outputs are `parse(record, reply)` plus the record's "id" and "repairs" (repair rounds used);
-    rejects are {"id", "reason", "reply"} with the last reply.
+    rejects are {"id", "reason", "reply"} with the last reply (a failed request's detail for a
+    `TeacherFailure`). A reject is never retried: a resumed run skips it like an accepted record.
     """
     t0 = time.perf_counter()
     check_ids(records)

@@ -6,6 +6,9 @@ In tests:
         OpenAITeacher(server.base_url, "fake-teacher").generate(...)
         assert server.requests == 3
 
+`reply_fn` may return None (sent as `"content": null`) or raise `ErrorReply(status, message)` to answer that
+one request with an error body.
+
 From the command line (the lead's end-to-end tests start it as a subprocess, serving forever):
 
     python tests/fake_teacher.py --port 8765 [--delay 0.05]
@@ -87,11 +90,21 @@ def scripted_dialogue_reply(messages: list[dict]) -> str:
     return "\n".join(f"{(a, b)[i % 2]}: {_utterance(seed, i)}" for i in range(n_turns))
 
 
+class ErrorReply(Exception):
+    """Raised by a `reply_fn` to answer with `status` and an OpenAI-style error body (with 200: a malformed reply)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
 class FakeTeacherServer:
     """A /v1/chat/completions endpoint on 127.0.0.1 in a background thread, answering with `reply_fn(messages)`."""
 
-    def __init__(self, reply_fn: Callable[[list[dict]], str] = scripted_dialogue_reply, required_key: str | None = None,
-                 delay_s: float = 0.0, fail_first: int = 0, port: int = 0, model: str = "fake-teacher"):
+    def __init__(self, reply_fn: Callable[[list[dict]], str | None] = scripted_dialogue_reply,
+                 required_key: str | None = None, delay_s: float = 0.0, fail_first: int = 0, port: int = 0,
+                 model: str = "fake-teacher"):
         self.reply_fn = reply_fn
         self.required_key = required_key
         self.delay_s = delay_s
@@ -152,7 +165,10 @@ class FakeTeacherServer:
                         messages = json.loads(body)["messages"]
                     except (ValueError, KeyError, TypeError):
                         return self._send(400, {"error": {"message": "body needs 'messages'"}})
-                    content = server.reply_fn(messages)
+                    try:
+                        content = server.reply_fn(messages)
+                    except ErrorReply as exc:
+                        return self._send(exc.status, {"error": {"message": exc.message}})
                     return self._send(200, {"id": f"fake-{n}", "object": "chat.completion", "model": server.model,
                                             "choices": [{"index": 0, "finish_reason": "stop",
                                                          "message": {"role": "assistant", "content": content}}]})

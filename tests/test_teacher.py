@@ -2,6 +2,8 @@
 import asyncio
 import json
 import socket
+import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -15,11 +17,12 @@ from lib.teacher import (
     ResponseCache,
     Sampling,
     TeacherError,
+    TeacherFailure,
     cache_key,
     make_teacher,
     run_records,
 )
-from tests.fake_teacher import FakeTeacherServer
+from tests.fake_teacher import ErrorReply, FakeTeacherServer
 
 
 def chat(text: str) -> list[dict]:
@@ -275,3 +278,153 @@ def test_run_records_rejects_duplicate_input_ids(tmp_path):
     with pytest.raises(ValueError, match="duplicate record id 'a'"):
         run_records([{"id": "a"}, {"id": "a"}], build, parse_good, ScriptedTeacher(), Sampling(),
                     tmp_path / "o.jsonl", tmp_path / "r.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------- failed requests
+
+def parse_text(record, reply):
+    if not reply.strip():
+        raise InvalidReply("blank")
+    return {"text": reply}
+
+
+def failing_on(bad: str, fail: Callable[[], str | None], broken: dict | None = None):
+    """echo_upper, except that the chat "bad" gets `fail()` (which may raise ErrorReply) while broken["on"]."""
+    broken = broken if broken is not None else {"on": True}
+
+    def reply(messages):
+        if messages[-1]["content"] == bad and broken["on"]:
+            return fail()
+        return echo_upper(messages)
+    return reply
+
+
+def http(status: int, message: str = "error", sleep_s: float = 0.0) -> Callable[[], str]:
+    def fail():
+        time.sleep(sleep_s)  # lets the other chats of the batch finish first
+        raise ErrorReply(status, message)
+    return fail
+
+
+def test_openai_permanent_failure_is_per_chat():
+    fail = http(400, "This model's maximum context length is 8192 tokens")
+    with FakeTeacherServer(failing_on("long", fail)) as server:
+        replies = fast(server.base_url, max_retries=3).generate([chat("a"), chat("long"), chat("b")], Sampling())
+        assert replies[0] == "A" and replies[2] == "B"
+        assert isinstance(replies[1], TeacherFailure) and replies[1] == ""
+        assert replies[1].reason == "http_400" and "maximum context length" in replies[1].detail
+        assert server.requests == 3  # a 400 is not retried
+
+
+def test_run_records_http_400_is_one_reject_and_resume_skips_it(tmp_path):
+    out, rej = tmp_path / "out.jsonl", tmp_path / "rej.jsonl"
+    records = [{"id": f"r{i}"} for i in range(4)]
+    with FakeTeacherServer(failing_on("r2", http(400, "context too long"))) as server:
+        teacher = fast(server.base_url)
+        stats = run_records(records, build, parse_text, teacher, Sampling(), out, rej, max_repairs=2)
+        assert (stats.accepted, stats.rejected, stats.repaired) == (3, 1, 0)
+        assert stats.reasons == {"http_400": 1} and server.requests == 4  # no repair round for a failed request
+        assert [r["id"] for r in read_jsonl(out)] == ["r0", "r1", "r3"]
+        [reject] = read_jsonl(rej)
+        assert reject["id"] == "r2" and reject["reason"] == "http_400" and "context too long" in reject["reply"]
+        # Resuming does not ask again for the rejected record (nor any other) and does not raise.
+        stats = run_records(records, build, parse_text, teacher, Sampling(), out, rej, max_repairs=2)
+        assert (stats.skipped, stats.accepted, stats.rejected) == (4, 0, 0) and server.requests == 4
+    assert len(read_jsonl(out)) == 3 and len(read_jsonl(rej)) == 1
+
+
+@pytest.mark.parametrize("content", [None, "", " \n"], ids=["null", "empty", "blank"])
+def test_run_records_empty_content_is_rejected_without_repair(tmp_path, content):
+    out, rej = tmp_path / "out.jsonl", tmp_path / "rej.jsonl"
+    with FakeTeacherServer(failing_on("x", lambda: content)) as server:
+        stats = run_records([{"id": "a"}, {"id": "x"}, {"id": "b"}], build, parse_text, fast(server.base_url),
+                            Sampling(), out, rej, max_repairs=2)
+        assert (stats.accepted, stats.rejected) == (2, 1) and stats.reasons == {"empty_reply": 1}
+        assert server.requests == 3  # the same chat would come back empty again: no repair round
+    [reject] = read_jsonl(rej)
+    assert reject["id"] == "x" and reject["reason"] == "empty_reply" and "finish_reason 'stop'" in reject["reply"]
+
+
+def test_run_records_malformed_response_is_rejected(tmp_path):
+    rej = tmp_path / "rej.jsonl"
+    with FakeTeacherServer(failing_on("x", http(200, "no choices here"))) as server:  # a 200 without "choices"
+        stats = run_records([{"id": "a"}, {"id": "x"}], build, parse_text, fast(server.base_url), Sampling(),
+                            tmp_path / "out.jsonl", rej)
+    assert (stats.accepted, stats.rejected) == (1, 1) and stats.reasons == {"malformed_response": 1}
+    [reject] = read_jsonl(rej)
+    assert reject["reason"] == "malformed_response" and "no choices here" in reject["reply"]
+
+
+def test_api_key_never_written_to_rejects(tmp_path, monkeypatch):
+    key = "sk-test-SECRET-value-789"
+    monkeypatch.setenv("TEST_TEACHER_KEY", key)
+    rej = tmp_path / "rej.jsonl"
+    echo_header = http(400, f"bad request (Authorization: Bearer {key})")  # a server echoing the header back
+    with FakeTeacherServer(failing_on("x", echo_header), required_key=key) as server:
+        stats = run_records([{"id": "a"}, {"id": "x"}], build, parse_text, fast(server.base_url), Sampling(),
+                            tmp_path / "out.jsonl", rej)
+    assert (stats.accepted, stats.rejected) == (1, 1)
+    text = rej.read_text()
+    assert key not in text and "[redacted]" in text and "http_400" in text
+
+
+def test_auth_failure_raises_at_once_and_keeps_finished_replies(tmp_path):
+    out, rej = tmp_path / "out.jsonl", tmp_path / "rej.jsonl"
+    records = [{"id": "a"}, {"id": "x"}, {"id": "b"}]
+    broken = {"on": True}
+    with FakeTeacherServer(failing_on("x", http(401, "invalid api key", sleep_s=0.5), broken)) as server:
+        teacher = CachedTeacher(fast(server.base_url, max_retries=3), ResponseCache(tmp_path / "c.sqlite"))
+        with pytest.raises(TeacherError, match="HTTP 401.*not retried"):
+            run_records(records, build, parse_text, teacher, Sampling(), out, rej)
+        # A misconfiguration stops the stage and rejects nothing; the replies that came back are cached.
+        assert server.requests == 3 and not out.exists() and not rej.exists()
+        assert len(teacher.cache) == 2
+        broken["on"] = False
+        stats = run_records(records, build, parse_text, teacher, Sampling(), out, rej)
+        assert stats.accepted == 3 and server.requests == 4  # only "x" is sent again
+
+
+def test_failure_is_not_cached_but_the_rest_of_the_batch_is(tmp_path):
+    broken = {"on": True}
+    with FakeTeacherServer(failing_on("b", http(400), broken)) as server:
+        teacher = CachedTeacher(fast(server.base_url), ResponseCache(tmp_path / "c.sqlite"))
+        first = teacher.generate([chat("a"), chat("b"), chat("c")], Sampling())
+        assert first[0] == "A" and isinstance(first[1], TeacherFailure) and first[2] == "C"
+        assert len(teacher.cache) == 2 and server.requests == 3
+        broken["on"] = False  # the endpoint is fixed: a later run asks again for "b" only
+        assert teacher.generate([chat("a"), chat("b"), chat("c")], Sampling()) == ["A", "B", "C"]
+        assert server.requests == 4 and len(teacher.cache) == 3
+
+
+def test_retries_exhausted_still_raise_but_batch_replies_are_cached(tmp_path):
+    with FakeTeacherServer(failing_on("b", http(503, "overloaded", sleep_s=0.2))) as server:
+        teacher = CachedTeacher(fast(server.base_url, max_retries=2), ResponseCache(tmp_path / "c.sqlite"))
+        with pytest.raises(TeacherError, match="HTTP 503 .*giving up after 3 attempts"):
+            teacher.generate([chat("a"), chat("b"), chat("c")], Sampling())
+        assert server.requests == 5 and len(teacher.cache) == 2
+        assert teacher.generate([chat("a"), chat("c")], Sampling()) == ["A", "C"]
+        assert server.requests == 5
+
+
+class RepairTooLongTeacher:
+    """No `on_reply`: "fix1" answers badly, and its repair chat is refused as too long."""
+
+    name = "repair-too-long"
+
+    def __init__(self):
+        self.calls = 0
+
+    def generate(self, prompts, sampling, attempt=0):
+        self.calls += 1
+        return [TeacherFailure("http_400", "context too long") if len(m) > 1 else
+                ("good ok1" if m[0]["content"] == "ok1" else "bad") for m in prompts]
+
+
+def test_failure_in_repair_round_is_final_and_not_cached(tmp_path):
+    out, rej = tmp_path / "out.jsonl", tmp_path / "rej.jsonl"
+    teacher = CachedTeacher(RepairTooLongTeacher(), ResponseCache(tmp_path / "c.sqlite"))
+    stats = run_records([{"id": "ok1"}, {"id": "fix1"}], build, parse_good, teacher, Sampling(), out, rej,
+                        max_repairs=3)
+    assert (stats.accepted, stats.rejected) == (1, 1) and stats.reasons == {"not_good": 1, "http_400": 1}
+    assert read_jsonl(rej) == [{"id": "fix1", "reason": "http_400", "reply": "context too long"}]
+    assert teacher.teacher.calls == 2 and len(teacher.cache) == 2  # both first replies; not the failure
