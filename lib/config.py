@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from lib import hub
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ("tiny", "cpu", "paper")
 SCHEMA_FILE = ROOT / "params" / "schema.yaml"  # the shape of a params file; its leaf syntax is explained there
@@ -123,13 +125,39 @@ def current_output_root() -> Path:
 
 
 def data_path(cfg: dict, rel: str) -> Path:
-    """A path inside the data mirror (`data.root` is relative to the repo root)."""
+    """A local file for a data-path value: inside the data mirror (`data.root` is relative to the repo root), or, for
+    `hf://datasets/<owner>/<name>/<file>` (the paper profile), the file from the Hugging Face cache (lib.hub)."""
+    if hub.is_hub_uri(rel):
+        return hub.dataset_file(rel)
     return (ROOT / cfg["data"]["root"] / rel).resolve()
 
 
 def model_dir(cfg: dict, role: str) -> Path:
-    """Where `prepare_models` puts the model for a role (student, teacher, embedder, ...)."""
-    return ROOT / "models" / "base" / slug(cfg["models"][role])
+    """Where 00_models puts the model of a role in `models:` (student, embedder, classifier_encoder)."""
+    return spec_dir(cfg["models"][role])
+
+
+def spec_dir(spec: str) -> Path:
+    """Where 00_models puts the model for a spec (lib.models.prepare_model): models/base/<slug>."""
+    return ROOT / "models" / "base" / slug(spec)
+
+
+TEACHER_STAGES = (("synthesize", "jic"), ("label", "pchat"), ("synthesize", "pchat"))
+
+
+def model_specs(cfg: dict) -> dict[str, str]:
+    """Every model the profile names that 00_models must prepare, as {params key: spec}.
+
+    A teacher behind an endpoint is only a name there, so only local teachers count."""
+    specs = {f"models.{role}": spec for role, spec in cfg["models"].items()}
+    for section, paper in TEACHER_STAGES:
+        p = cfg[section][paper]
+        if p["backend"] == "local":
+            specs[f"{section}.{paper}.model"] = p["model"]
+    if cfg["sft"]["pchat"]["model"]:
+        specs["sft.pchat.model"] = cfg["sft"]["pchat"]["model"]
+    specs["eval.pchat.mcn_encoder"] = cfg["eval"]["pchat"]["mcn_encoder"]
+    return specs
 
 
 def slug(spec: str) -> str:
@@ -155,6 +183,17 @@ def check_kwargs(kwargs: dict, target: Any, where: str) -> None:
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise ParamsError(f"{where}: unknown key(s) {unknown} for {target.__name__}")
+
+
+OFFLINE_PROFILES = ("tiny", "cpu")
+
+
+def set_hub_mode(profile: str) -> None:
+    """Keep the offline profiles off the Hugging Face Hub (HF_HUB_OFFLINE=1 unless the caller set it); leave the
+    paper profile's environment as the user set it, so it downloads unless HF_HUB_OFFLINE is set. Call it before
+    huggingface_hub is imported: the library reads the variable once, at import."""
+    if profile in OFFLINE_PROFILES:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def secret_env(name: str) -> bool:
@@ -203,6 +242,11 @@ def _check_files(node: Any, shape: dict | Leaf, path: Path, keys: tuple, cfg: di
     if isinstance(shape, dict):
         for key, sub in shape.items():
             _check_files(node[key], sub, path, keys + (key,), cfg)
+    elif shape.file == "data-path" and hub.is_hub_uri(node):
+        try:  # fetched by the stage that reads it (it may be large); only its form is checked here
+            hub.split_uri(node)
+        except ValueError as err:
+            raise ParamsError(f"{_rel(path)}: {'.'.join(keys)}: {err}") from None
     elif shape.file and node is not None:
         target = ROOT / node if shape.file == "path" else data_path(cfg, node)
         if not target.exists():

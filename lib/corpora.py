@@ -95,13 +95,9 @@ def pandora_frame(df: pd.DataFrame, cutoff: float = 40.0, split: str = "") -> pd
     return out[out.text.str.strip() != ""].reset_index(drop=True)
 
 
-def load_pandora(dataset_id: str = PANDORA_ID, cutoff: float = 40.0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, test) PANDORA frames from the Hugging Face Hub (paper profile; needs internet or a local cache)."""
-    from datasets import load_dataset
-
-    ds = load_dataset(dataset_id)
-    test_split = "test" if "test" in ds else "validation"
-    if "train" not in ds or test_split not in ds:
-        raise ValueError(f"{dataset_id}: expected train and test/validation splits, found {list(ds)}")
-    return (pandora_frame(ds["train"].to_pandas(), cutoff, "train"),
-            pandora_frame(ds[test_split].to_pandas(), cutoff, test_split))
+def load_pandora(path: str | Path, cutoff: float = 40.0, split: str = "") -> pd.DataFrame:
+    """One split of the PANDORA subset (a CSV of the Hub dataset PANDORA_ID, fetched by lib.hub) as pandora_frame."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"PANDORA {split or 'file'} not found: {path}")
+    return pandora_frame(pd.read_csv(path), cutoff, split)

@@ -23,18 +23,32 @@ def _device() -> str:
 
 @functools.lru_cache(maxsize=4)
 def load_encoder(model_path: str):
-    """Load (once per path) a SentenceTransformer; plain HF encoder dirs must end up mean pooled."""
+    """Load (once per path) a SentenceTransformer from a local directory or a Hub id; plain HF encoders (no
+    modules.json: deberta-large on the paper profile) must end up mean pooled.
+
+    A local directory is read with local_files_only; a Hub id goes through the Hugging Face cache (downloading it
+    unless HF_HUB_OFFLINE is set), exactly as `from_pretrained("<id>")` does.
+    """
     from sentence_transformers import SentenceTransformer
 
     path = Path(model_path)
-    if not path.exists():
+    local = path.is_dir()
+    if not local and (path.is_absolute() or str(model_path).startswith(".") or str(model_path).count("/") > 1):
         raise FileNotFoundError(f"encoder directory not found: {model_path}")
-    model = SentenceTransformer(str(path), device=_device(), local_files_only=True)
-    if not (path / "modules.json").exists():
-        modes = [getattr(m, "pooling_mode", None) for m in model]
-        if "mean" not in modes:
-            raise ValueError(f"{model_path}: expected mean pooling for a plain encoder, got modules {modes}")
+    model = SentenceTransformer(str(model_path), device=_device(), local_files_only=local)
+    modes = [getattr(m, "pooling_mode", None) for m in model]
+    if not _has_modules_json(model_path, local) and "mean" not in modes:
+        raise ValueError(f"{model_path}: expected mean pooling for a plain encoder, got modules {modes}")
     return model
+
+
+def _has_modules_json(model_path: str, local: bool) -> bool:
+    """Whether the model ships its own sentence-transformers pipeline (modules.json), locally or in the HF cache."""
+    if local:
+        return (Path(model_path) / "modules.json").exists()
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(str(model_path), "modules.json"), str)
 
 
 def embed(texts: list[str], model_path: str | Path, batch_size: int = 32, max_seq_length: int = 256,

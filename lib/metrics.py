@@ -101,10 +101,12 @@ def meteor(hyps: list[str], refs: list[str]) -> tuple[float | None, str]:
 
 def bertscore(hyps: list[str], refs: list[str], model_path: str, num_layers: int,
               batch_size: int = 32) -> tuple[dict[str, float] | None, str]:
-    """Mean BERTScore precision/recall/F1 with a local encoder, as (scores, ""), or (None, reason) if it cannot run."""
+    """Mean BERTScore precision/recall/F1 as (scores, ""), or (None, reason) if it cannot run.
+
+    `model_path` is a local encoder directory or a Hub id (the paper profile), loaded by bert_score's from_pretrained.
+    """
     hyps, refs = _check_pairs(hyps, refs)
-    if not Path(model_path).is_dir():
-        raise FileNotFoundError(f"BERTScore encoder directory not found: {model_path}")
+    _check_model_ref(model_path, "BERTScore encoder")
     try:
         import bert_score
         import torch
@@ -120,6 +122,17 @@ def bertscore(hyps: list[str], refs: list[str], model_path: str, num_layers: int
         log.warning(reason)
         return None, reason
     return {"precision": float(P.mean()), "recall": float(R.mean()), "f1": float(F.mean())}, ""
+
+
+def _check_model_ref(model: str | Path, what: str) -> None:
+    """A local directory, or something shaped like a Hub id ("owner/name" or "name"); else FileNotFoundError."""
+    text = str(model)
+    local = Path(text)
+    if local.is_dir():
+        return
+    looks_like_id = text.count("/") <= 1 and not text.startswith((".", "/")) and text.strip() == text and text
+    if not looks_like_id:
+        raise FileNotFoundError(f"{what} directory not found: {model}")
 
 
 def trait_capture(pred_traits, true_traits) -> dict:

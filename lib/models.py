@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -234,9 +233,33 @@ def resolve_model(path_or_dir: str | Path) -> str:
 
 def unsloth_available() -> bool:
     """Whether the unsloth fast path can be used: it needs CUDA; checked with find_spec, so unsloth is not imported."""
-    import torch
+    return _cuda_available() and importlib.util.find_spec("unsloth") is not None
 
-    return torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None
+
+def quantization_available() -> bool:
+    """Whether 4-bit NF4 loading (bitsandbytes) can run: it needs a CUDA GPU."""
+    return _cuda_available()
+
+
+PATCHED_BY_UNSLOTH = ("transformers", "trl", "peft")
+
+
+def import_unsloth_first() -> str:
+    """Import unsloth before anything imports transformers/trl/peft, where it can be used; the training backend name.
+
+    Unsloth patches those libraries when it is imported, so every training notebook calls this in its first code
+    cell, before any lib module that imports them (sentence-transformers for RAFt, the tokenizer, trl). Importing
+    it late leaves the patches incomplete, so that is an error, naming the modules already imported.
+    """
+    if not unsloth_available():
+        return "transformers"
+    if "unsloth" not in sys.modules:
+        late = [m for m in PATCHED_BY_UNSLOTH if m in sys.modules]
+        if late:
+            raise RuntimeError(f"{late} were imported before unsloth, whose patches would then be incomplete; call "
+                               "lib.models.import_unsloth_first() before importing them (first cell of the notebook)")
+        import unsloth  # noqa: F401  (imported for its patching side effects)
+    return "unsloth"
 
 
 def _ensure_pad_token(tokenizer) -> None:
@@ -273,15 +296,10 @@ def load_for_training(model_path: str | Path, lora: dict, max_seq_length: int, l
     truncates in the trainer).
     """
     name = resolve_model(model_path)
-    if load_in_4bit and not _cuda_available():
+    if load_in_4bit and not quantization_available():
         raise ValueError("4-bit QLoRA needs a GPU; set load_in_4bit: false for the cpu profile")
 
-    if unsloth_available():
-        late = [m for m in ("transformers", "trl", "peft") if m in sys.modules]
-        if late:
-            warnings.warn(f"{late} imported before unsloth; unsloth's patches may be incomplete. "
-                          "Call load_for_training before importing trl/transformers.", stacklevel=2)
-        import unsloth  # noqa: F401  (import for its patching side effects, first)
+    if import_unsloth_first() == "unsloth":
         from unsloth import FastLanguageModel
 
         model, tokenizer = FastLanguageModel.from_pretrained(model_name=name, max_seq_length=max_seq_length,
@@ -291,7 +309,6 @@ def load_for_training(model_path: str | Path, lora: dict, max_seq_length: int, l
         _ensure_pad_token(tokenizer)
         return model, tokenizer, "unsloth"
 
-    import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
@@ -301,14 +318,9 @@ def load_for_training(model_path: str | Path, lora: dict, max_seq_length: int, l
     kwargs: dict = {"dtype": _cuda_dtype()}
     backend = "transformers"
     if load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_use_double_quant=True,
-                                                           bnb_4bit_compute_dtype=torch.bfloat16)
-        kwargs["device_map"] = {"": 0}
+        kwargs |= nf4_kwargs()
         backend = "transformers+bnb4bit"
-    model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    model = _load_causal_lm(AutoModelForCausalLM, name, **kwargs)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if load_in_4bit:
@@ -317,9 +329,32 @@ def load_for_training(model_path: str | Path, lora: dict, max_seq_length: int, l
     return get_peft_model(model, config), tokenizer, backend
 
 
-def load_for_inference(model_path: str | Path, adapter_dir: str | Path | None = None) -> tuple:
-    """Load a base model (plus a trained LoRA adapter if given) for batched generation: (model, tokenizer)."""
+def nf4_kwargs() -> dict:
+    """from_pretrained arguments for the 4-bit NF4 base of QLoRA (the JIC paper's), shared by training and inference
+    so that a model trained on quantised weights is evaluated on the same quantised base."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.bfloat16)
+    return {"quantization_config": config, "device_map": {"": 0}}
+
+
+def _load_causal_lm(auto_class, name: str, **kwargs):
+    """The one place a causal LM's weights are loaded (training and inference), so every load takes the same path."""
+    return auto_class.from_pretrained(name, **kwargs)
+
+
+def load_for_inference(model_path: str | Path, adapter_dir: str | Path | None = None,
+                       load_in_4bit: bool = False) -> tuple:
+    """Load a base model (plus a trained LoRA adapter if given) for batched generation: (model, tokenizer).
+
+    `load_in_4bit`: the NF4 base the adapter was trained on (QLoRA), not the full-precision one.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if load_in_4bit and not quantization_available():
+        raise ValueError("a 4-bit NF4 base needs a GPU; set load_in_4bit: false for the cpu profile")
 
     name = resolve_model(model_path)
     # lib.train saves the tokenizer beside the adapter; prefer it so training and inference format identically.
@@ -327,9 +362,12 @@ def load_for_inference(model_path: str | Path, adapter_dir: str | Path | None = 
     tokenizer = AutoTokenizer.from_pretrained(tok_source)
     _ensure_pad_token(tokenizer)
     tokenizer.padding_side = "left"  # decoder-only: pad on the left so every row's new tokens start at the same index
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=_cuda_dtype())
-    if _cuda_available():
-        model = model.to("cuda")
+    if load_in_4bit:
+        model = _load_causal_lm(AutoModelForCausalLM, name, dtype=_cuda_dtype(), **nf4_kwargs())  # placed by bnb
+    else:
+        model = _load_causal_lm(AutoModelForCausalLM, name, dtype=_cuda_dtype())
+        if _cuda_available():
+            model = model.to("cuda")
     if adapter_dir is not None:
         from peft import PeftModel
 

@@ -1,10 +1,11 @@
-"""Stage 00_models: make every model the active profile needs available offline under models/base/.
+"""Stage 00_models: make every model the active profile names available under models/base/.
 
     python -m lib.prepare cpu
 
-The cpu profile converts the SmolLM2 GGUF once to a plain HF directory; tiny builds its micro Llama;
-paper records the Hub ids (downloaded on first use on a workstation with internet). A teacher served
-by an OpenAI-compatible endpoint needs nothing here.
+The cpu profile converts the SmolLM2 GGUF once to a plain HF directory; tiny builds its micro Llama; a Hub id
+(the paper profile) is checked and recorded, and downloaded into the Hugging Face cache on first use. The models
+come from `lib.config.model_specs`: the `models:` roles, each local teacher stage's model, PersonalityChat's
+seq2seq student and the MCN sentence encoder. A teacher behind an endpoint needs nothing here.
 """
 from __future__ import annotations
 
@@ -14,23 +15,15 @@ from lib import config
 from lib.models import prepare_model
 
 
-def roles_to_prepare(cfg: dict) -> list[str]:
-    """The model roles whose weights must be on disk for this profile."""
-    roles = ["student", "embedder", "classifier_encoder"]
-    if cfg["synthesize"]["jic"]["backend"] == "local":
-        roles.append("teacher")
-    return roles
-
-
 def main(profile: str) -> None:
+    config.set_hub_mode(profile)
     cfg = config.load(profile)
     done: set[str] = set()
-    for role in roles_to_prepare(cfg):
-        spec = cfg["models"][role]
+    for key, spec in config.model_specs(cfg).items():
         if spec in done:
             continue
-        out = config.model_dir(cfg, role)
-        print(f"{role}: {spec} -> {out.relative_to(config.ROOT)}", flush=True)
+        out = config.spec_dir(spec)
+        print(f"{key}: {spec} -> {out.relative_to(config.ROOT)}", flush=True)
         prepare_model(spec, out)
         done.add(spec)
 

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The kernel imports lib/ from this checkout, whatever the caller's PYTHONPATH says.
     os.environ["PYTHONPATH"] = os.pathsep.join([str(config.ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    os.environ.setdefault("HF_HUB_OFFLINE", "0" if profile == "paper" else "1")
+    config.set_hub_mode(profile)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # One string-hash order for every kernel, so what libraries write from a set (peft's target_modules, a model
     # card's tags) reads the same in every run; our own code never lets set order reach a result.

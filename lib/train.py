@@ -129,6 +129,28 @@ def write_train_metrics(out_dir: Path, name: str, metrics: dict) -> None:
     (out_dir / name).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def render_rows(rows: list[dict], tokenizer) -> list[dict]:
+    """Conversational rows (prompt + completion, or prompt + chosen/rejected) as plain strings, through the chat
+    template: the prompt with the assistant header, each answer as the text the template appends after it.
+
+    trl renders conversational rows the same way internally; the string form is what Unsloth's trainers accept.
+    """
+    out = []
+    for i, row in enumerate(rows):
+        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        rendered = {"prompt": prompt}
+        for key in ("completion", "chosen", "rejected"):
+            if key not in row:
+                continue
+            full = tokenizer.apply_chat_template(row["prompt"] + row[key], tokenize=False)
+            if not full.startswith(prompt):
+                raise ValueError(f"row {i}: the chat template does not render the prompt as a prefix of the whole "
+                                 f"conversation, so its {key} cannot be separated from it")
+            rendered[key] = full[len(prompt):]
+        out.append(rendered)
+    return out
+
+
 def _check_pairs(pairs: list[dict], split: str) -> list[dict]:
     """Validate conversational preference rows (prompt, chosen, rejected) and keep only those three columns."""
     clean = []
@@ -223,6 +245,10 @@ def sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[dict] | 
     from trl import SFTConfig, SFTTrainer
 
     _ensure_logprob_head()
+    if backend == "unsloth":
+        # Unsloth's patched SFTTrainer rejects conversational prompt-completion rows without a formatting_func; it
+        # accepts them rendered to strings, which is what trl does with them itself, so the loss stays the same.
+        train, evals = render_rows(train, tokenizer), render_rows(evals, tokenizer)
 
     # Loss on the completion only (trl's default for prompt-completion rows too; explicit so it cannot drift).
     config = SFTConfig(output_dir=str(out_dir / "checkpoints"), report_to=[], max_length=max_seq_length,
@@ -274,6 +300,11 @@ def dpo(model_path: str | Path, train_pairs: list[dict], eval_pairs: list[dict] 
 
     seed = args.get("seed", 42)
     model, tokenizer, backend = load_for_training(model_path, lora, max_seq_length, load_in_4bit, seed=seed)
+    if backend == "unsloth":
+        from unsloth import PatchDPOTrainer
+
+        PatchDPOTrainer()  # as Unsloth documents: before DPOTrainer is imported
+        train, evals = render_rows(train, tokenizer), render_rows(evals, tokenizer)
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 

@@ -56,7 +56,25 @@ def test_the_mirror_parses():
     assert first["turns"][0] == {"speaker": "Sharif", "text": "Hi Karis. I'm so happy I was able to help you out today."}
     assert [t["speaker"] for t in first["turns"]] == ["Sharif", "Karis"] * 3
     assert len(big5chat.reply_units(scenarios)) == 63
-    assert big5chat.load_soda(MIRROR, limit=3) == scenarios[:3]
+    sample = big5chat.load_soda(MIRROR, limit=3, seed=1)
+    assert len(sample) == 3 and sample == big5chat.load_soda(MIRROR, limit=3, seed=1)  # seeded
+    order = [s["scenario_id"] for s in scenarios]
+    assert sorted(order.index(s["scenario_id"]) for s in sample) == [order.index(s["scenario_id"]) for s in sample]
+    assert sample != big5chat.load_soda(MIRROR, limit=3, seed=2)
+
+
+def test_soda_parquet_as_on_the_hub(tmp_path):
+    """allenai/soda's parquet split (lists as numpy arrays) reads like the mirror's JSONL."""
+    rows = [json.loads(line) for line in MIRROR.read_text().splitlines()[:4]]
+    frame = pd.DataFrame(rows)
+    for col in ("dialogue", "speakers"):
+        frame[col] = [big5chat._string_list(v, col) for v in frame[col]]
+    frame.to_parquet(tmp_path / "train.parquet")
+    assert big5chat.load_soda(tmp_path / "train.parquet") == big5chat.load_soda(MIRROR, limit=None)[:4]
+    assert len(big5chat.load_soda(tmp_path / "train.parquet", limit=2)) == 2
+    frame.drop(columns=["speakers"]).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match=r"missing SODA columns \['speakers'\]"):
+        big5chat.load_soda(tmp_path / "bad.parquet")
 
 
 def _scenario():

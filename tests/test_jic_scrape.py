@@ -329,16 +329,21 @@ def test_pandora_frame_names_what_is_missing():
         corpora.pandora_frame(pd.DataFrame({"body": ["x"], "openness": [1]}), split="train")
 
 
-def test_load_pandora_uses_train_and_test_splits(monkeypatch):
-    import datasets
+def test_load_pandora_reads_a_split_csv_from_a_hub_cache(tmp_path, monkeypatch):
+    """The paper profile's hf:// path resolves through the Hugging Face cache (lib.hub), offline, to the CSV."""
+    import huggingface_hub.constants
 
-    def fake_load(dataset_id):
-        assert dataset_id == corpora.PANDORA_ID
-        row = {"text": ["t"], "openness": [60], "conscientiousness": [1], "extraversion": [1], "agreeableness": [1],
-               "neuroticism": [1]}
-        return datasets.DatasetDict({"train": datasets.Dataset.from_dict(row),
-                                     "validation": datasets.Dataset.from_dict(row)})
+    from lib import config, hub
+    from tests.standins.hub_cache import put_dataset
 
-    monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    train, test = corpora.load_pandora()
-    assert len(train) == len(test) == 1 and train.O.tolist() == [1]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    files = tmp_path / "files" / "Personality Datasets - Reddit"
+    files.mkdir(parents=True)
+    pd.DataFrame({"body": ["t", "u"], "openness": [60, 10], "conscientiousness": [1, 99], "extraversion": [1, 1],
+                  "agreeableness": [1, 1], "neuroticism": [1, 1]}).to_csv(files / "eval_set.csv", index=False)
+    put_dataset(tmp_path / "hub", corpora.PANDORA_ID, tmp_path / "files")
+    uri = f"hf://datasets/{corpora.PANDORA_ID}/Personality Datasets - Reddit/eval_set.csv"
+    test = corpora.load_pandora(config.data_path({"data": {"root": "."}}, uri), split="test")
+    assert test.O.tolist() == [1, 0] and test.C.tolist() == [0, 1]
+    with pytest.raises(FileNotFoundError, match="not in the Hugging Face cache"):
+        hub.dataset_file(f"hf://datasets/{corpora.PANDORA_ID}/Personality Datasets - Reddit/missing.csv")

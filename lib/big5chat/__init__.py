@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import random
 import re
 import string
 from collections import Counter, defaultdict
@@ -80,8 +81,8 @@ _STRING = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 
 def _string_list(raw, what: str) -> list[str]:
     """A list, or the repr SODA's mirror stores: Python or numpy style ("['a' 'b']", items without commas)."""
-    if isinstance(raw, list):
-        return [str(s) for s in raw]
+    if isinstance(raw, list | tuple) or hasattr(raw, "tolist"):  # parquet gives numpy arrays
+        return [str(s) for s in (raw.tolist() if hasattr(raw, "tolist") else raw)]
     text = str(raw).strip()
     if not (text.startswith("[") and text.endswith("]")):
         raise ValueError(f"{what} is not a list of strings: {text[:80]!r}")
@@ -101,25 +102,40 @@ def soda_row(row: dict, where: str) -> dict:
             "turns": [{"speaker": s.strip(), "text": t.strip()} for s, t in zip(speakers, texts)]}
 
 
-def load_soda(path: str | Path, limit: int | None = None) -> list[dict]:
-    """SODA scenarios from a JSONL file (the mirror's soda_20.jsonl, or rows exported from allenai/soda)."""
+def load_soda(path: str | Path, limit: int | None = None, seed: int = 0) -> list[dict]:
+    """SODA scenarios from the mirror's JSONL (soda_20.jsonl) or a parquet split of allenai/soda (the paper profile).
+
+    With `limit` below the number of rows, a seeded random sample of `limit` scenarios, kept in file order.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SODA file not found: {path}")
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{n}: not JSON ({exc})") from exc
-        out.append(soda_row(row, f"{path}:{n}"))
-        if limit is not None and len(out) >= limit:
-            break
-    if not out:
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        frame = pd.read_parquet(path)
+        missing = [c for c in SODA_COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{path}: missing SODA columns {missing} (has {list(frame.columns)})")
+        if limit is not None and limit < len(frame):  # sample before building rows: the train split has 1.19M
+            frame = frame.iloc[sorted(random.Random(seed).sample(range(len(frame)), limit))]
+        columns = [c for c in (*SODA_COLUMNS, "literal") if c in frame.columns]
+        rows = [(f"{path}: row {i}", row) for i, row in zip(frame.index, frame[columns].to_dict("records"))]
+    else:
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"{path}:{n}", json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not JSON ({exc})") from exc
+    if not rows:
         raise ValueError(f"{path}: no SODA scenarios")
-    return out
+    if limit is not None and limit < len(rows):
+        keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
+        rows = [rows[i] for i in keep]
+    return [soda_row(row, where) for where, row in rows]
 
 
 def reply_units(scenarios: list[dict], max_units_per_scenario: int | None = None) -> list[dict]:

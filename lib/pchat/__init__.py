@@ -272,15 +272,64 @@ def load_synthetic_persona_chat(path: str | Path, limit: int | None = None,
     return _collect(df[list(SPC_COLUMNS)].to_dict("records"), parse, path, limit, errors)
 
 
+HF_PERSONACHAT_COLUMNS = ("personality", "utterances")
+
+
+def _hf_personachat_dialogue(row: Mapping, where: str, did: str) -> dict:
+    """One ConvAI2 row: `utterances[-1].history` is the whole dialogue so far, its last candidate the gold reply.
+
+    The history opens with the partner (A) and alternates with the persona's owner (B); a leading silence token
+    means B opened the conversation.
+    """
+    utterances = list(row["utterances"])
+    if not utterances:
+        raise ValueError(f"{where}: no utterances")
+    last = utterances[-1]
+    try:
+        lines = [str(u).strip() for u in last["history"]] + [str(list(last["candidates"])[-1]).strip()]
+    except (KeyError, TypeError, IndexError):
+        raise ValueError(f"{where}: an utterance without 'history' and 'candidates'") from None
+    turns = []
+    for k, text in enumerate(lines):
+        if k == 0 and text.replace(" ", "") == SILENCE:
+            continue
+        if not text or text.replace(" ", "") == SILENCE:
+            raise ValueError(f"{where}: utterance {k} is empty")
+        turns.append({"speaker": "A" if k % 2 == 0 else "B", "text": text})
+    facts = row["personality"]
+    facts = facts.tolist() if hasattr(facts, "tolist") else facts
+    return {"id": did, "source": "personachat", "personas": {"A": [], "B": _facts(facts, where)}, "turns": turns}
+
+
+def load_hf_personachat(path: str | Path, limit: int | None = None,
+                        errors: str = "raise") -> tuple[list[dict], list[dict]]:
+    """(dialogues, rejects) from a parquet split of the Hub's PersonaChat/ConvAI2 copy (columns personality,
+    utterances[{history, candidates}]), the paper profile's source; only the responder's persona, like XPersona."""
+    import pandas as pd
+
+    _check_errors_mode(errors)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"PersonaChat parquet file not found: {path}")
+    df = pd.read_parquet(path)
+    missing = [c for c in HF_PERSONACHAT_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing} (has {list(df.columns)})")
+    return _collect(df[list(HF_PERSONACHAT_COLUMNS)].to_dict("records"),
+                    lambda row, i, did: _hf_personachat_dialogue(row, f"{path}: row {i}", did), path, limit, errors)
+
+
 def load_personachat(path: str | Path, limit: int | None = None, errors: str = "raise"):
-    """Either mirror format by extension: .json is XPersona, .csv is Synthetic-Persona-Chat."""
+    """Any supported format by extension: .json XPersona, .csv Synthetic-Persona-Chat, .parquet ConvAI2 (Hub)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".json":
         return load_xpersona(path, limit, errors)
     if suffix == ".csv":
         return load_synthetic_persona_chat(path, limit, errors)
-    raise ValueError(f"{path}: unknown PersonaChat format {suffix!r} (expected .json XPersona or .csv "
-                     "Synthetic-Persona-Chat)")
+    if suffix == ".parquet":
+        return load_hf_personachat(path, limit, errors)
+    raise ValueError(f"{path}: unknown PersonaChat format {suffix!r} (expected .json XPersona, .csv "
+                     "Synthetic-Persona-Chat or .parquet ConvAI2)")
 
 
 def persona_key(facts: Sequence[str]) -> str:

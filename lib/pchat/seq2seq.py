@@ -137,7 +137,9 @@ def seq2seq_sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[
 
 
 def load_seq2seq(model_path: str | Path, adapter_dir: str | Path | None = None) -> tuple:
-    """(model in eval mode, tokenizer): the base encoder-decoder, with a trained LoRA adapter if given."""
+    """(model in eval mode, tokenizer): the base encoder-decoder, with a trained LoRA adapter if given, on the GPU
+    when there is one."""
+    import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     name = resolve_model(model_path)
@@ -150,6 +152,8 @@ def load_seq2seq(model_path: str | Path, adapter_dir: str | Path | None = None) 
         if not (Path(adapter_dir) / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json; is it an adapter saved by seq2seq_sft?")
         model = PeftModel.from_pretrained(model, str(adapter_dir))
+    if torch.cuda.is_available():
+        model = model.to("cuda")  # the trainer moves training to the GPU itself; inference is ours to place
     model.eval()
     return model, tokenizer
 
@@ -162,7 +166,7 @@ def seq2seq_generate(model, tokenizer, sources: list[str], max_new_tokens: int =
     replies = []
     for lo in range(0, len(sources), batch_size):
         enc = tokenizer(sources[lo:lo + batch_size], return_tensors="pt", padding=True, truncation=True,
-                        max_length=max_source_length)
+                        max_length=max_source_length).to(model.device)
         with torch.inference_mode():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
         replies += [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]

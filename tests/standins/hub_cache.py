@@ -1,0 +1,120 @@
+"""A local Hugging Face cache that stands in for the Hub: tiny random-init models and small datasets saved under the
+paper profile's own repo ids, in the cache layout huggingface_hub reads (`<cache>/models--owner--name/snapshots/
+<commit>/...` with `refs/main`). With HF_HUB_OFFLINE=1 and the cache pointed here, `from_pretrained("<hub id>")` and
+`hf_hub_download` resolve exactly as on a workstation that downloaded the real repos.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+
+def _put(cache: Path, kind: str, repo_id: str, src: Path) -> Path:
+    repo = Path(cache) / f"{kind}--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    if snapshot.exists():
+        shutil.rmtree(snapshot)
+    shutil.copytree(src, snapshot)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def put_model(cache: Path, repo_id: str, src: Path) -> Path:
+    """Install the files of `src` as model `repo_id` in the hub cache `cache` (HF_HUB_CACHE)."""
+    return _put(cache, "models", repo_id, src)
+
+
+def put_dataset(cache: Path, repo_id: str, src: Path) -> Path:
+    """Install the files of `src` (sub-folders kept) as dataset `repo_id` in the hub cache `cache`."""
+    return _put(cache, "datasets", repo_id, src)
+
+
+# --- tiny models of the paper's architectures ------------------------------------------------------------------
+
+TEXTS = ["I wrote in my journal today about the long walk by the river.",
+         "How are you feeling? I feel calm and a bit tired, but happy.",
+         "We talked about work, friends, music and the weekend plans.",
+         "I love parties and meeting new people. I worry a lot at night.",
+         "I plan my week carefully and keep lists. Art and new ideas fascinate me."]
+
+
+def _byte_bpe(out: Path, specials: list[str], vocab_size: int = 400) -> tuple[Path, Path]:
+    """A byte-level BPE (GPT-2 style vocab.json + merges.txt), as DeBERTa and BART ship."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(TEXTS * 4, vocab_size=vocab_size, special_tokens=specials)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab, merges = tok.save_model(str(out))
+    return Path(vocab), Path(merges)
+
+
+def build_deberta(out: Path, seed: int = 0) -> Path:
+    """A 24-layer, 16-wide DebertaModel with a byte-level BPE tokenizer (microsoft/deberta-large's architecture)."""
+    import torch
+    from transformers import DebertaConfig, DebertaModel, DebertaTokenizerFast
+
+    vocab, merges = _byte_bpe(out / "_bpe", ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"])
+    tok = DebertaTokenizerFast(vocab_file=str(vocab), merges_file=str(merges), model_max_length=512)
+    shutil.rmtree(out / "_bpe")
+    tok.save_pretrained(out)
+    torch.manual_seed(seed)
+    # deberta-large has 24 layers; so does this one (16 wide), so layer choices like BERTScore's 17 stay valid
+    config = DebertaConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=24, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=512, pad_token_id=tok.pad_token_id)
+    DebertaModel(config).save_pretrained(out)
+    return out
+
+
+def build_bart(out: Path, seed: int = 0) -> Path:
+    """A 1+1-layer BartForConditionalGeneration with a byte-level BPE tokenizer (facebook/bart-base's architecture)."""
+    import torch
+    from transformers import BartConfig, BartForConditionalGeneration, BartTokenizerFast
+
+    vocab, merges = _byte_bpe(out / "_bpe", ["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tok = BartTokenizerFast(vocab_file=str(vocab), merges_file=str(merges), model_max_length=1024)
+    shutil.rmtree(out / "_bpe")
+    tok.save_pretrained(out)
+    torch.manual_seed(seed)
+    config = BartConfig(vocab_size=len(tok), d_model=32, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        max_position_embeddings=512, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                        eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.eos_token_id,
+                        forced_eos_token_id=tok.eos_token_id)
+    BartForConditionalGeneration(config).save_pretrained(out)
+    return out
+
+
+def build_llama(out: Path) -> Path:
+    """The repository's micro Llama (LlamaForCausalLM, chat template) under a Llama/Mistral id."""
+    from lib.models import build_tiny_llama
+
+    return build_tiny_llama(out, texts=TEXTS)
+
+
+def copy_minilm(out: Path) -> Path:
+    """The real all-MiniLM-L6-v2 (offline, from its PyPI package) under its Hub id."""
+    from lib.models import minilm_path
+
+    shutil.copytree(minilm_path(), out)
+    return out
+
+
+BUILDERS = {"causal": build_llama, "encoder": build_deberta, "seq2seq": build_bart, "sentence": copy_minilm}
+
+
+def build_models(cache: Path, work: Path, ids: dict[str, str]) -> None:
+    """Build each {hub id: kind} once and install it under its id."""
+    for repo_id, kind in ids.items():
+        src = BUILDERS[kind](work / repo_id.replace("/", "--"))
+        put_model(cache, repo_id, src)
+
+
+def write_json(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path

@@ -1,0 +1,274 @@
+"""The paper profile, executed: `dvc repro` over the whole DAG with params/paper.yaml itself, changed only in sizes.
+
+What stands in for what a workstation has (tests/standins/):
+- the Hugging Face Hub: a local cache (HF_HOME in a temporary folder, HF_HUB_OFFLINE=1) holding tiny random-init
+  models of the paper's architectures under the paper's own ids, and the Hub datasets the profile reads (SODA,
+  PersonaChat, the PANDORA subset) as files in the layout and columns of the real repos, so the code calls
+  `from_pretrained("<hub id>")` and `hf_hub_download` exactly as it will there;
+- Reddit: a local HTTP server answering PullPush's submission search; the teacher endpoint: tests/fake_teacher.py;
+- the GPU: a recording unsloth and a sitecustomize that sends lib.models down its CUDA-only branches (Unsloth, NF4)
+  and fails if an argument is not a named parameter of the pinned unsloth source or of BitsAndBytesConfig.
+What it cannot prove: the quality of the real models, the real CUDA kernels, a real endpoint's latency.
+"""
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from lib import config
+from tests.fake_teacher import FakeTeacherServer, scripted_dialogue_reply
+from tests.standins import hub_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SECRET = "sk-paper-" + "5e1d9c3b7a2f4e6d8c0a"
+SALT = "test-salt-" + "c0ffee"
+pytestmark = pytest.mark.e2e
+
+# Keys the overlay may change: sizes, and the endpoints the stand-ins serve.
+SIZE_KEY = re.compile(r"^(max_\w+|n_\w+|k_max|batch_size|loglik_batch_size|per_device_train_batch_size|"
+                      r"num_train_epochs|texts_per_expert|text_words|journal_words|sweep_scenarios|control_contexts)$")
+ENDPOINT_KEYS = {"base_url", "pullpush_url"}
+MODEL_KINDS = {"meta-llama/Meta-Llama-3-8B-Instruct": "causal", "microsoft/deberta-large": "encoder",
+               "facebook/bart-base": "seq2seq", "sentence-transformers/all-MiniLM-L6-v2": "sentence"}
+
+
+def _leaves(node: dict, keys: tuple = ()):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, keys + (key,))
+        else:
+            yield keys + (key,), value
+
+
+def _merge(base: dict, overlay: dict, keys: tuple = ()) -> dict:
+    out = dict(base)
+    for key, value in overlay.items():
+        where = ".".join(keys + (key,))
+        if key not in base and not (keys and keys[-1] == "args"):  # trainer args may gain a size key (max_steps)
+            raise KeyError(f"overlay key {where} is not in params/paper.yaml")
+        out[key] = _merge(base[key], value, keys + (key,)) if isinstance(value, dict) else value
+    return out
+
+
+def paper_params(teacher_url: str, pullpush_url: str) -> dict:
+    """params/paper.yaml with tests/paper_overlay.yaml on top, the endpoints pointed at the stand-ins."""
+    cfg = _merge(yaml.safe_load((ROOT / "params/paper.yaml").read_text()),
+                 yaml.safe_load((ROOT / "tests/paper_overlay.yaml").read_text()))
+    for section, paper in config.TEACHER_STAGES:
+        cfg[section][paper]["base_url"] = teacher_url
+    cfg["scrape"]["jic"]["pullpush_url"] = pullpush_url
+    return cfg
+
+
+def test_the_overlay_changes_only_sizes():
+    overlay = yaml.safe_load((ROOT / "tests/paper_overlay.yaml").read_text())
+    bad = [".".join(k) for k, _ in _leaves(overlay) if not SIZE_KEY.match(k[-1])]
+    assert bad == [], f"tests/paper_overlay.yaml may change sizes only, not {bad}"
+    cfg = paper_params("http://teacher/v1", "http://pullpush")
+    changed = {k for k, v in _leaves(cfg) if v != dict(_leaves(yaml.safe_load(
+        (ROOT / "params/paper.yaml").read_text()))).get(k)}
+    assert all(SIZE_KEY.match(k[-1]) or k[-1] in ENDPOINT_KEYS for k in changed), changed
+
+
+def test_every_paper_model_has_a_stand_in():
+    """A new Hub id in the paper profile must get a tiny model of its architecture here, or the run would miss it."""
+    cfg = config.load("paper", check_files=False)
+    ids = set(config.model_specs(cfg).values())
+    assert ids <= set(MODEL_KINDS), f"no stand-in for {sorted(ids - set(MODEL_KINDS))}"
+
+
+# --- the stand-ins ---------------------------------------------------------------------------------------------
+
+def _journal_posts() -> list[dict]:
+    """Reddit r/Journaling submissions as PullPush returns them: six authors, real English text (Essays)."""
+    essays = pd.read_csv(SHARED / "essays" / "essays.csv", encoding="latin-1").head(18)
+    posts = []
+    for i, text in enumerate(essays["TEXT"]):
+        posts.append({"id": f"p{i}", "author": f"writer_{i % 6}", "title": f"Day {i}", "selftext": text,
+                      "created_utc": 1_650_000_000 + 3600 * i, "subreddit": "Journaling"})
+    posts.append({"id": "bot", "author": "AutoModerator", "title": "Weekly thread", "selftext": "Post here.",
+                  "created_utc": 1_650_000_000 + 3600 * 40, "subreddit": "Journaling"})
+    return posts
+
+
+class FakePullPush(http.server.ThreadingHTTPServer):
+    """/reddit/search/submission/?before=&after=&size= over a fixed list of posts, newest first."""
+
+    def __init__(self, posts: list[dict]):
+        self.posts = sorted(posts, key=lambda p: -p["created_utc"])
+        self.requests = 0
+        super().__init__(("127.0.0.1", 0), self._Handler)
+
+    class _Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            url = urllib.parse.urlparse(self.path)
+            q = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
+            self.server.requests += 1
+            if url.path.rstrip("/") != "/reddit/search/submission":
+                self.send_error(404)
+                return
+            page = [p for p in self.server.posts if int(q["after"]) < p["created_utc"] < int(q["before"])]
+            body = json.dumps({"data": page[:int(q.get("size", 100))]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    def __enter__(self):
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+        self.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def _hub_datasets(files: Path) -> dict[str, Path]:
+    """{repo id: folder} of the Hub datasets the paper profile reads, built from the mirror in their real layouts."""
+    # allenai/soda: train/valid/test.parquet, the dialogue and speakers as lists
+    soda = pd.read_json(SHARED / "soda" / "soda_20.jsonl", lines=True)
+    from lib import big5chat
+
+    for col in ("dialogue", "speakers"):
+        soda[col] = [big5chat._string_list(v, col) for v in soda[col]]
+    (files / "soda").mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        soda.to_parquet(files / "soda" / f"{split}.parquet")
+    # PersonaChat (ConvAI2) as AlekseyKorshuk/persona-chat: personality + utterances[{candidates, history}]
+    (files / "personachat" / "data").mkdir(parents=True)
+    for split, source in (("train", "xpersona_en_valid.json"), ("validation", "xpersona_en_test.json")):
+        rows = []
+        for item in json.loads((SHARED / "personachat" / source).read_text())[:12]:
+            lines, utterances = [], []
+            for user, response in item["dialogue"]:
+                lines.append("__ SILENCE __" if user == "__SILENCE__" else user)
+                utterances.append({"candidates": ["a distractor reply .", response], "history": list(lines)})
+                lines.append(response)
+            rows.append({"personality": item["persona"], "utterances": utterances})
+        pd.DataFrame(rows).to_parquet(files / "personachat" / "data" / f"{split}-00000-of-00001.parquet")
+    # The PANDORA subset: CSVs with a comment and 0-100 trait scores (Essays text, labels mapped to scores)
+    pandora = files / "pandora" / "Personality Datasets - Reddit"
+    pandora.mkdir(parents=True)
+    essays = pd.read_csv(SHARED / "essays" / "essays.csv", encoding="latin-1")
+    names = {"cOPN": "openness", "cCON": "conscientiousness", "cEXT": "extraversion", "cAGR": "agreeableness",
+             "cNEU": "neuroticism"}
+    for name, part in (("train_set", essays.iloc[:40]), ("val_set", essays.iloc[40:50]),
+                       ("eval_set", essays.iloc[50:70])):
+        frame = pd.DataFrame({"body": part["TEXT"].str.slice(0, 600)})
+        for src, dst in names.items():
+            frame[dst] = part[src].astype(int) * 50 + 20
+        frame.to_csv(pandora / f"{name}.csv", index=False)
+    return {"allenai/soda": files / "soda", "AlekseyKorshuk/persona-chat": files / "personachat",
+            "Fatima0923/Automated-Personality-Prediction": files / "pandora"}
+
+
+def _tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return [f for f in out.splitlines() if (ROOT / f).is_file()]
+
+
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("paper")
+    repo = base / "repo"
+    for rel in _tracked_files():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, repo / rel)
+    (base / "shared").symlink_to((ROOT.parent / "shared").resolve())
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+
+    hf_home = base / "hf"
+    cache = hf_home / "hub"
+    hub_cache.build_models(cache, base / "built", MODEL_KINDS)
+    for repo_id, folder in _hub_datasets(base / "files").items():
+        hub_cache.put_dataset(cache, repo_id, folder)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "PYTHONPATH"))}
+    log = base / "gpu_standin.jsonl"
+    env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", "HF_HOME": str(hf_home),
+            "HF_HUB_OFFLINE": "1", "TEACHER_API_KEY": SECRET, "PSEUDONYM_SALT": SALT, "GPU_STANDIN_LOG": str(log),
+            "PYTHONPATH": str(repo / "tests" / "standins" / "gpu")}
+    with FakeTeacherServer(scripted_dialogue_reply, required_key=SECRET) as teacher, \
+            FakePullPush(_journal_posts()) as pullpush:
+        (repo / "params.yaml").write_text(re.sub(r"(?m)^profile: \w+", "profile: paper",
+                                                 (repo / "params.yaml").read_text()))
+        (repo / "params/paper.yaml").write_text(yaml.safe_dump(paper_params(teacher.base_url, pullpush.url),
+                                                               sort_keys=False))
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True,
+                              text=True, check=False)
+        seconds = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise AssertionError(f"paper run failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}")
+        yield {"repo": repo, "env": env, "proc": proc, "seconds": seconds, "pullpush": pullpush.requests,
+               "calls": [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []}
+
+
+def test_the_paper_dag_runs_end_to_end(paper_run):
+    repo, proc = paper_run["repo"], paper_run["proc"]
+    ran = set(re.findall(r"Running stage '([^']+)'", proc.stdout))
+    stages = set(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
+    expected = {s for s in stages if "foreach" not in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"][s]}
+    assert expected <= ran and len(ran) == 24, sorted(ran)
+    assert paper_run["pullpush"] >= 1
+    scrape = json.loads((repo / "reports/metrics/01_scrape_jic.json").read_text())
+    assert scrape  # the PullPush path ran
+    raw = (repo / "data/raw/pullpush_Journaling.jsonl").read_text()
+    assert "writer_" not in raw and "AutoModerator" not in raw  # salted pseudonyms only
+    print(f"paper DAG with stand-ins: {paper_run['seconds']:.0f} s")
+
+
+def test_models_resolve_from_the_hub_cache_by_their_ids(paper_run):
+    base = paper_run["repo"] / "models" / "base"
+    recorded = {(d / "HUB_ID.txt").read_text().strip() for d in base.iterdir() if (d / "HUB_ID.txt").is_file()}
+    assert recorded == set(MODEL_KINDS)
+
+
+def test_gpu_branches_call_unsloth_and_nf4_as_the_pinned_sources_accept(paper_run):
+    calls = paper_run["calls"]
+    apis = [c["api"] for c in calls]
+    # 07 (experts), 08 x 3 causal variants (jic lora/raft, big5chat), 09: each loads through unsloth
+    assert apis.count("FastLanguageModel.from_pretrained") >= 5 and apis.count("FastLanguageModel.get_peft_model") >= 5
+    assert "PatchDPOTrainer" in apis
+    jic = [c for c in calls if c["api"] == "FastLanguageModel.from_pretrained" and c["kwargs"]["load_in_4bit"] == "True"]
+    assert len(jic) == 2  # JIC's LoRA and RAFt are QLoRA on NF4 (sft.jic.load_in_4bit)
+    renders = [c for c in calls if c["api"] == "render_rows"]
+    assert renders and all(c["kwargs"]["all_strings"] == "True" for c in renders)
+    # 11_generate_jic evaluates the NF4-trained adapters on the NF4 base, through a checked BitsAndBytesConfig
+    assert "BitsAndBytesConfig" in apis and "from_pretrained (4-bit)" in apis
+
+
+def test_dpo_under_the_stand_in_keeps_one_adapter(paper_run):
+    """trl's "ref" adapter is deleted (the base is the reference): checkpoints hold the policy adapter only."""
+    ckpts = list((paper_run["repo"] / "models" / "dpo").rglob("checkpoint-*"))
+    assert ckpts and not any((c / "ref").exists() for c in ckpts)
+    metrics = json.loads(next((paper_run["repo"] / "models" / "dpo").rglob("train_metrics.json")).read_text())
+    assert metrics["backend"] == "unsloth"
+
+
+def test_the_reddit_source_refuses_to_run_without_a_salt(paper_run):
+    env = {k: v for k, v in paper_run["env"].items() if k != "PSEUDONYM_SALT"}
+    proc = subprocess.run([sys.executable, "-m", "lib.run_notebook", "notebooks/01_scrape_jic.ipynb"],
+                          cwd=paper_run["repo"], env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode != 0 and "needs a secret pseudonym salt in $PSEUDONYM_SALT" in proc.stdout + proc.stderr
