@@ -60,9 +60,16 @@ def check_rows(rows: list[dict], split: str) -> list[dict]:
 
 
 def default_precision(args: dict) -> dict:
-    """trl defaults to bf16=True even on CPU (slow autocast there); default it to what the GPU supports instead."""
+    """trl defaults to bf16=True even on CPU (slow autocast there); default it to what the GPU supports instead.
+
+    Half precision asked for where there is no GPU (the paper's bf16 on a CPU machine) is dropped with a warning:
+    transformers refuses it there, and float32 computes the same training, only slower.
+    """
     import torch
 
+    if not torch.cuda.is_available() and (args.get("bf16") or args.get("fp16")):
+        log.warning("bf16/fp16 asked for but there is no GPU: training in float32")
+        return {**args, "bf16": False, "fp16": False}
     if "bf16" in args or "fp16" in args:
         return args
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -285,3 +285,29 @@ def test_align_special_tokens_follows_model_config(tiny_llama_dir, caplog):
     tok.eos_token = "<|im_start|>"
     with pytest.raises(ValueError, match="eos_token_id=10000 is outside"):
         models._align_special_tokens(tok, config)
+
+
+def test_resolve_model_passes_a_hub_id_through_but_not_a_missing_folder(tmp_path):
+    from lib.models import resolve_model
+
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "HUB_ID.txt").write_text("facebook/bart-base\n")
+    assert resolve_model(prepared) == "facebook/bart-base"
+    assert resolve_model(resolve_model(prepared)) == "facebook/bart-base"  # resolving twice is harmless
+    with pytest.raises(FileNotFoundError, match="is not a prepared model"):
+        resolve_model(tmp_path / "models" / "base" / "missing")
+
+
+def test_import_unsloth_first_refuses_a_late_import(monkeypatch):
+    import sys
+
+    from lib import models
+
+    monkeypatch.setattr(models, "unsloth_available", lambda: True)
+    monkeypatch.delitem(sys.modules, "unsloth", raising=False)
+    monkeypatch.setitem(sys.modules, "transformers", sys.modules.get("transformers") or object())
+    with pytest.raises(RuntimeError, match=r"\['transformers'.*imported before unsloth"):
+        models.import_unsloth_first()
+    monkeypatch.setattr(models, "unsloth_available", lambda: False)
+    assert models.import_unsloth_first() == "transformers"

@@ -186,3 +186,15 @@ def test_dpo_rejects_bad_pairs(tmp_path, tiny_llama_dir, train, evals, message):
 def test_dpo_refuses_an_initial_adapter_that_changes_the_model(tmp_path, tiny_llama_dir):
     with pytest.raises(ValueError, match="init_lora_weights.*'pissa'"):
         dpo(tiny_llama_dir, _pairs(2), None, tmp_path, {**LORA, "init_lora_weights": "pissa"}, DPO_ARGS)
+
+
+def test_half_precision_without_a_gpu_falls_back_to_float32(monkeypatch):
+    import torch
+
+    from lib.train import default_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_precision({"bf16": True, "lr": 1}) == {"bf16": False, "fp16": False, "lr": 1}
+    assert default_precision({"lr": 1}) == {"lr": 1, "bf16": False, "fp16": False}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_precision({"bf16": True}) == {"bf16": True}  # a GPU run keeps what params ask for

@@ -30,7 +30,7 @@ UNSLOTH_FUNCTIONS = {
 def pinned_version(package: str) -> str:
     """The version environment.yml pins for a GPU extra."""
     text = (ROOT / "environment.yml").read_text(encoding="utf-8")
-    match = re.search(rf"^\s*-\s*{re.escape(package)}==([\w.]+)", text, re.M)
+    match = re.search(rf"^\s*-\s*{re.escape(package)}==([\w.]+)", text, re.MULTILINE)
     if not match:
         raise LookupError(f"environment.yml pins no {package}")
     return match.group(1)
@@ -70,11 +70,12 @@ def unsloth_parameters() -> dict[str, set[str]]:
     return out
 
 
-def bitsandbytes_config_parameters() -> set[str]:
-    """The named parameters of transformers.BitsAndBytesConfig (installed)."""
-    from transformers import BitsAndBytesConfig
+def bitsandbytes_config_parameters(cls=None) -> set[str]:
+    """The named parameters of transformers.BitsAndBytesConfig (installed; `cls` when it is temporarily wrapped)."""
+    if cls is None:
+        from transformers import BitsAndBytesConfig as cls
 
-    return {n for n, p in inspect.signature(BitsAndBytesConfig).parameters.items()
+    return {n for n, p in inspect.signature(cls).parameters.items()
             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
 

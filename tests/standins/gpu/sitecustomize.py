@@ -30,7 +30,7 @@ def _patch(models):
         real = transformers.BitsAndBytesConfig
 
         def checked(**kwargs):
-            signatures.check_call("BitsAndBytesConfig", kwargs, signatures.bitsandbytes_config_parameters())
+            signatures.check_call("BitsAndBytesConfig", kwargs, signatures.bitsandbytes_config_parameters(real))
             _log("BitsAndBytesConfig", kwargs)
             return real(**kwargs)
 

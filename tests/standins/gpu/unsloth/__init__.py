@@ -44,5 +44,5 @@ class FastLanguageModel:
         return get_peft_model(model, LoraConfig(**lora, task_type="CAUSAL_LM"))
 
 
-def PatchDPOTrainer(**kwargs):  # noqa: N802 (unsloth's name)
+def PatchDPOTrainer(**kwargs):
     _record("PatchDPOTrainer", kwargs)
