@@ -113,15 +113,21 @@ def bertscore(hyps: list[str], refs: list[str], model_path: str, num_layers: int
     except ImportError as err:
         return None, f"bert_score not importable: {err}"
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    # An empty side scores 0, as bert_score itself scores it; scored here, because bert_score 0.3.13 encodes an empty
+    # sentence through a tokenizer method that transformers 5 removed (build_inputs_with_special_tokens).
+    scored = [i for i, (h, r) in enumerate(zip(hyps, refs)) if h.strip() and r.strip()]
+    if not scored:
+        return {"precision": 0.0, "recall": 0.0, "f1": 0.0}, ""
     try:
-        P, R, F = bert_score.score(hyps, refs, model_type=str(model_path), num_layers=num_layers,
-                                   batch_size=batch_size, device=device, verbose=False)
+        P, R, F = bert_score.score([hyps[i] for i in scored], [refs[i] for i in scored], model_type=str(model_path),
+                                   num_layers=num_layers, batch_size=batch_size, device=device, verbose=False)
     except (OSError, TypeError, AttributeError, KeyError) as err:
         # Library/version incompatibilities or a bad model path: report, do not guess a number.
         reason = f"bert_score failed with model {model_path}: {type(err).__name__}: {err}"
         log.warning(reason)
         return None, reason
-    return {"precision": float(P.mean()), "recall": float(R.mean()), "f1": float(F.mean())}, ""
+    n = len(hyps)
+    return {"precision": float(P.sum()) / n, "recall": float(R.sum()) / n, "f1": float(F.sum()) / n}, ""
 
 
 def _check_model_ref(model: str | Path, what: str) -> None:

@@ -86,6 +86,17 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def write_jsonl(path: str | Path, records: list[dict]) -> Path:
+    """Write records as JSON Lines atomically (a temporary file renamed over `path`): a kill leaves the old or the new
+    file, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    os.replace(tmp, path)
+    return path
+
+
 def done_ids(*paths: str | Path) -> set[str]:
     """Ids already recorded in any of `paths` (missing files count as empty), to skip them on resume."""
     ids: set[str] = set()

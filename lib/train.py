@@ -262,6 +262,9 @@ def sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[dict] | 
                        **{"completion_only_loss": True, **default_precision(args)})
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(train),
                          eval_dataset=Dataset.from_list(evals) if evals else None, processing_class=tokenizer)
+    if len(trainer.train_dataset) == 0:  # trl drops a row whose completion truncation cut off entirely
+        raise ValueError(f"all {len(train)} training rows were dropped: their prompts fill max_seq_length="
+                         f"{max_seq_length} tokens, leaving no completion to learn; raise max_seq_length")
     metrics = _train_and_save(trainer, tokenizer, out_dir, backend, evaluate=bool(evals))
     write_train_metrics(out_dir, "train_metrics.json", metrics)
     return metrics
@@ -323,6 +326,9 @@ def dpo(model_path: str | Path, train_pairs: list[dict], eval_pairs: list[dict] 
                          eval_dataset=Dataset.from_list(evals) if evals else None, processing_class=tokenizer)
     _use_base_as_reference(trainer.model)
     kept = len(trainer.train_dataset)  # trl drops pairs whose prompt alone fills max_length
+    if kept == 0:
+        raise ValueError(f"all {len(train)} training pairs were dropped: their prompts fill max_seq_length="
+                         f"{max_seq_length} tokens; raise max_seq_length")
     if kept < len(train):
         log.warning("%d of %d training pairs dropped: prompt longer than max_seq_length=%d",
                     len(train) - kept, len(train), max_seq_length)

@@ -185,3 +185,26 @@ def test_demo_prompt_has_instruction_description_and_examples():
     assert lines[0] == big5chat.persona_instruction("C", "low") + "."
     assert "spontaneous" in lines[1] and lines[-1] == "- I forgot again."
     assert len(lines) == 4
+
+
+def test_released_rows_become_generations_that_pair_by_prompt(tmp_path):
+    """wenkai-li/big5_chat's CSV (trait, level, train_input, train_output) feeds 08_sft and 09_dpo unchanged."""
+    rows = pd.DataFrame({"trait": ["openness", "Openness", "E", "agreeableness"],
+                         "level": ["high", "low", "HIGH", "low"],
+                         "train_input": ["Talk about art.", "Talk about art.", "A party.", "A party."],
+                         "train_output": ["I adore new ideas.", "I like what I know.", "Let's dance!", "No."]})
+    rows.to_csv(tmp_path / "big5_chat_dataset.csv", index=False)
+    gens = big5chat.load_released(tmp_path / "big5_chat_dataset.csv")
+    assert [(g["trait"], g["level"]) for g in gens] == [("O", "high"), ("O", "low"), ("E", "high"), ("A", "low")]
+    assert gens[0]["unit_id"] == gens[1]["unit_id"] != gens[2]["unit_id"]
+    sft, skipped = big5chat.sft_rows(gens)
+    assert skipped == 0 and sft[0]["prompt"][-1]["content"] == "Talk about art."
+    pairs, stats = big5chat.dpo_pairs(gens)
+    assert len(pairs) == 2 and stats["missing_level"] == 2  # openness pairs both ways; E and A have one level each
+    assert [g["trait"] for g in big5chat.load_released(tmp_path / "big5_chat_dataset.csv", traits=["E"])] == ["E"]
+    rows.assign(trait=["openness", "humour", "E", "A"]).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match=r"row 1: trait 'humour'"):
+        big5chat.load_released(tmp_path / "bad.csv")
+    rows.drop(columns=["train_output"]).to_csv(tmp_path / "cols.csv", index=False)
+    with pytest.raises(ValueError, match=r"missing columns \['train_output'\]"):
+        big5chat.load_released(tmp_path / "cols.csv")

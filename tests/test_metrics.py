@@ -75,3 +75,10 @@ def test_metric_availability_lists_everything():
     av = metric_availability()
     assert set(av) == {"bleu4", "rouge", "meteor", "bertscore", "trait_capture", "distinct_n"}
     assert av["bleu4"] == (True, "") and av["rouge"] == (True, "")
+
+
+def test_bertscore_scores_an_empty_reply_zero_and_averages_over_all_pairs():
+    full, _ = bertscore(["the cat sat on the mat"], ["the cat sat on the mat"], MINILM, num_layers=6)
+    mixed, why = bertscore(["the cat sat on the mat", "  "], ["the cat sat on the mat", "a dog"], MINILM, num_layers=6)
+    assert why == "" and mixed["f1"] == pytest.approx(full["f1"] / 2)
+    assert bertscore([""], ["a dog"], MINILM, num_layers=6)[0] == {"precision": 0.0, "recall": 0.0, "f1": 0.0}

@@ -1,8 +1,4 @@
-"""The paper profile, executed: `dvc repro` with params/paper.yaml itself, changed only in sizes.
-
-Covered so far: the shared stages and JIC's whole path (`dvc repro 12_eval_jic`: PullPush, deberta-large, the PANDORA
-classifier, the teacher endpoint, QLoRA through the Unsloth/NF4 stand-in, NF4 evaluation). BIG5-CHAT's and
-PersonalityChat's paths under this profile are the next step (TARGETS).
+"""The paper profile, executed: `dvc repro` over the whole DAG with params/paper.yaml itself, changed only in sizes.
 
 What stands in for what a workstation has (tests/standins/):
 - the Hugging Face Hub: a local cache (HF_HOME in a temporary folder, HF_HUB_OFFLINE=1) holding tiny random-init
@@ -44,9 +40,6 @@ pytestmark = pytest.mark.e2e
 SIZE_KEY = re.compile(r"^(max_\w+|n_\w+|k_max|batch_size|loglik_batch_size|per_device_train_batch_size|"
                       r"num_train_epochs|texts_per_expert|text_words|journal_words|sweep_scenarios|control_contexts)$")
 ENDPOINT_KEYS = {"base_url", "pullpush_url"}
-TARGETS = ["12_eval_jic"]
-JIC_STAGES = {"00_models", "01_scrape_jic", "02_cluster_jic", "03_classifier", "04_filter_jic", "06_synthesize_jic",
-              "08_sft_jic@lora", "08_sft_jic@raft", "11_generate_jic", "12_eval_jic"}
 MODEL_KINDS = {"meta-llama/Meta-Llama-3-8B-Instruct": "causal", "microsoft/deberta-large": "encoder",
                "facebook/bart-base": "seq2seq", "sentence-transformers/all-MiniLM-L6-v2": "sentence"}
 
@@ -161,17 +154,20 @@ def _hub_datasets(files: Path) -> dict[str, Path]:
     (files / "soda").mkdir(parents=True)
     for split in ("train", "valid", "test"):
         soda.to_parquet(files / "soda" / f"{split}.parquet")
-    # PersonaChat (ConvAI2) as AlekseyKorshuk/persona-chat: personality + utterances[{candidates, history}]
+    # PersonaChat (ConvAI2) as AlekseyKorshuk/persona-chat: personality + utterances[{candidates, history}], each
+    # conversation twice, once from each side (the partner's persona here: the next dialogue's)
     (files / "personachat" / "data").mkdir(parents=True)
     for split, source in (("train", "xpersona_en_valid.json"), ("validation", "xpersona_en_test.json")):
+        items = json.loads((SHARED / "personachat" / source).read_text())[:12]
         rows = []
-        for item in json.loads((SHARED / "personachat" / source).read_text())[:12]:
-            lines, utterances = [], []
-            for user, response in item["dialogue"]:
-                lines.append("__ SILENCE __" if user == "__SILENCE__" else user)
-                utterances.append({"candidates": ["a distractor reply .", response], "history": list(lines)})
-                lines.append(response)
-            rows.append({"personality": item["persona"], "utterances": utterances})
+        for i, item in enumerate(items):
+            order = [(who, text) for user, reply in item["dialogue"] for who, text in (("A", user), ("B", reply))
+                     if text != "__SILENCE__"]
+            for me, persona in (("B", item["persona"]), ("A", items[(i + 1) % len(items)]["persona"])):
+                lines = (["__ SILENCE __"] if order[0][0] == me else []) + [text for _, text in order]
+                utterances = [{"candidates": ["a distractor reply .", lines[k]], "history": lines[:k]}
+                              for k in range(1, len(lines), 2)]
+                rows.append({"personality": persona, "utterances": utterances})
         pd.DataFrame(rows).to_parquet(files / "personachat" / "data" / f"{split}-00000-of-00001.parquet")
     # The PANDORA subset: CSVs with a comment and 0-100 trait scores (Essays text, labels mapped to scores)
     pandora = files / "pandora" / "Personality Datasets - Reddit"
@@ -223,7 +219,7 @@ def paper_run(tmp_path_factory):
         (repo / "params/paper.yaml").write_text(yaml.safe_dump(paper_params(teacher.base_url, pullpush.url),
                                                                sort_keys=False))
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", *TARGETS], cwd=repo, env=env, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True,
                               text=True, check=False)
         seconds = time.perf_counter() - t0
         if proc.returncode != 0:
@@ -232,16 +228,21 @@ def paper_run(tmp_path_factory):
                "calls": [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []}
 
 
-def test_the_paper_jic_path_runs_end_to_end(paper_run):
+def test_the_paper_dag_runs_end_to_end(paper_run):
     repo, proc = paper_run["repo"], paper_run["proc"]
     ran = set(re.findall(r"Running stage '([^']+)'", proc.stdout))
-    assert ran == JIC_STAGES, sorted(ran)
+    listed = json.loads(subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo,
+                                       env=paper_run["env"], capture_output=True, text=True, check=True).stdout)
+    assert listed == {}  # nothing left stale
+    assert len(ran) == 24 and {"07_dexperts_big5chat", "09_dpo_big5chat", "12_eval_pchat", "12_eval_jic"} <= ran
     assert paper_run["pullpush"] >= 1
     raw = (repo / "data/raw/pullpush_Journaling.jsonl").read_text()
     assert raw and "writer_" not in raw and "AutoModerator" not in raw  # salted pseudonyms only, the bot dropped
     ev = json.loads((repo / "reports/metrics/12_eval_jic.json").read_text())
     assert set(ev["overlap"]) == {"base", "lora", "raft"}
-    print(f"paper JIC path with stand-ins: {paper_run['seconds']:.0f} s")
+    scrape = json.loads((repo / "reports/metrics/01_scrape_pchat.json").read_text())
+    assert scrape  # PersonaChat from the Hub copy, both sides joined into persona pairs
+    print(f"paper DAG with stand-ins: {paper_run['seconds']:.0f} s")
 
 
 def test_models_resolve_from_the_hub_cache_by_their_ids(paper_run):
@@ -254,15 +255,24 @@ def test_gpu_branches_call_unsloth_and_nf4_as_the_pinned_sources_accept(paper_ru
     calls = paper_run["calls"]
     apis = [c["api"] for c in calls]
     loads = [c for c in calls if c["api"] == "FastLanguageModel.from_pretrained"]
-    # JIC's LoRA and RAFt: QLoRA through unsloth on the NF4 base (sft.jic.load_in_4bit)
-    assert len(loads) == 2 and all(c["kwargs"]["load_in_4bit"] == "True" for c in loads)
-    assert apis.count("FastLanguageModel.get_peft_model") == 2
+    # 07's ten experts, 08 (JIC LoRA, RAFt; BIG5-CHAT), 09: every causal training loads through unsloth
+    assert len(loads) == 14 and apis.count("FastLanguageModel.get_peft_model") == 14
+    assert sum(c["kwargs"]["load_in_4bit"] == "True" for c in loads) == 2  # JIC's QLoRA (sft.jic.load_in_4bit)
+    assert apis.count("PatchDPOTrainer") == 1
     renders = [c for c in calls if c["api"] == "render_rows"]
     assert renders and all(c["kwargs"]["all_strings"] == "True" for c in renders)
     # 11_generate_jic evaluates the NF4-trained adapters on the NF4 base, through a checked BitsAndBytesConfig
     assert apis.count("from_pretrained (4-bit)") == 3 and "BitsAndBytesConfig" in apis
     metrics = json.loads((paper_run["repo"] / "models/sft/jic_lora/train_metrics.json").read_text())
     assert metrics["backend"] == "unsloth"
+
+
+def test_dpo_under_the_stand_in_keeps_one_adapter(paper_run):
+    """trl's "ref" adapter is deleted (the base is the reference): checkpoints hold the policy adapter only."""
+    dpo = paper_run["repo"] / "models" / "dpo" / "big5chat"
+    ckpts = list(dpo.glob("checkpoints/checkpoint-*"))
+    assert ckpts and not any((c / "ref").exists() for c in ckpts)
+    assert json.loads((dpo / "train_metrics.json").read_text())["backend"] == "unsloth"
 
 
 def test_the_reddit_source_refuses_to_run_without_a_salt(paper_run):

@@ -418,3 +418,20 @@ def test_collect_labels_fills_unanswered_traits_with_no_clues():
     assert whole[0]["answered"] == list(pchat.TRAITS) and whole[0]["labels"]["N"]["label"] == "high"
     with pytest.raises(ValueError, match="bad trait 'X'"):
         pchat.collect_labels(personas, [{"persona": "p1", "trait": "X", "label": "low"}])
+
+
+def test_convai2_sides_are_joined_into_two_persona_dialogues(tmp_path):
+    """The Hub's ConvAI2 copy holds each conversation once per side, each with only its speaker's persona."""
+    lines = ["hi , how are you ?", "good , i just got back from surfing .", "nice , i paint .", "cool ."]
+    side_b = {"personality": ["i surf."], "utterances": [
+        {"history": lines[:1], "candidates": ["x", lines[1]]}, {"history": lines[:3], "candidates": ["x", lines[3]]}]}
+    side_a = {"personality": ["i paint."], "utterances": [
+        {"history": ["__ SILENCE __"], "candidates": ["x", lines[0]]},
+        {"history": ["__ SILENCE __", *lines[:2]], "candidates": ["x", lines[2]]}]}
+    lonely = {"personality": ["i am alone."], "utterances": [{"history": ["what ?"], "candidates": ["x", "yes ."]}]}
+    pd.DataFrame([side_b, lonely, side_a]).to_parquet(tmp_path / "train.parquet")
+    dialogues, rejects = pchat.load_personachat(tmp_path / "train.parquet")
+    assert len(dialogues) == 1 and dialogues[0]["personas"] == {"A": ["i paint."], "B": ["i surf."]}
+    assert [t["text"] for t in dialogues[0]["turns"]] == lines
+    assert [t["speaker"] for t in dialogues[0]["turns"]] == ["A", "B", "A", "B"]
+    assert len(rejects) == 1 and "partner's side" in rejects[0]["reason"]

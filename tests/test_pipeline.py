@@ -14,7 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 
 from tests import outputs
 from tests.fake_teacher import FakeTeacherServer, scripted_dialogue_reply
@@ -236,3 +238,88 @@ def test_sigkill_mid_synthesis_then_rerun_keeps_every_record_once(tiny_run, teac
     finally:
         teacher.delay_s = 0.0
         tiny.write_text(original)
+
+
+def test_a_failed_sweep_keeps_the_experts_and_replies_of_07(tiny_run):
+    """07_dexperts fails after generating (the sweep's judge cannot be read); the rerun trains no expert again and
+    regenerates no reply: both were kept (persist) and only a finished run starts afresh."""
+    repo, _, _ = tiny_run
+    meta = repo / "models/classifier/meta.json"
+    original = meta.read_text()
+    stage = "07_dexperts_big5chat"
+    try:
+        meta.write_text("{not json")
+        failed = _dvc(repo, "repro", "-s", "-f", stage, check=False)
+        assert failed.returncode != 0
+        gen = repo / "data/big5chat/07_dexperts/generations.jsonl"
+        experts = sorted((repo / "models/dexperts").glob("*/train_metrics.json"))
+        assert gen.exists() and len(experts) == 10
+        before = {p: p.stat().st_mtime_ns for p in [gen, *experts]}
+        assert not (repo / "models/dexperts/COMPLETE").exists()
+        meta.write_text(original)
+        _dvc(repo, "repro", "-s", stage)
+        assert {p: p.stat().st_mtime_ns for p in before} == before  # neither retrained nor regenerated
+        assert "kept the" in (repo / "reports/notebooks/07_dexperts_big5chat.ipynb").read_text()
+        assert (repo / "models/dexperts/COMPLETE").exists() and (repo / "data/big5chat/07_dexperts/COMPLETE").exists()
+    finally:
+        meta.write_text(original)
+        _dvc(repo, "repro")
+
+
+def test_sigkill_mid_questionnaires_then_rerun_keeps_the_finished_answer_sheets(tiny_run):
+    """11_generate_big5chat writes one answer sheet per condition x instrument as it goes; after a kill -9 the rerun
+    reads the finished sheets back (untouched) and administers only the rest."""
+    repo, _, _ = tiny_run
+    stage = "11_generate_big5chat"
+    sheets = repo / "data/big5chat/11_generate/sheets"
+    final = json.loads((repo / f"reports/metrics/{stage}.json").read_text())
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-s", "-f", stage], cwd=repo, env=_env(repo),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list(sheets.glob("*.json"))) < 3:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        finished = {p: p.stat().st_mtime_ns for p in sheets.glob("*.jsonl") if p.with_suffix(".json").exists()}
+        total = final["conditions"] * 3  # tiny: two instruments by log-likelihood, one by generation
+        assert 3 <= len(finished) < total, "the kill did not land mid-run"
+        _dvc(repo, "repro", "-s", stage)
+        assert {p: p.stat().st_mtime_ns for p in finished} == finished  # read back, not administered again
+        assert len(list(sheets.glob("*.json"))) == total
+        again = json.loads((repo / f"reports/metrics/{stage}.json").read_text())
+        assert again["loglik_answers"] == final["loglik_answers"]
+        assert again["generation_replies"] == final["generation_replies"]
+    finally:
+        _dvc(repo, "repro")
+
+
+def test_big5chat_trains_on_the_released_dialogues_when_switched(tiny_run, tmp_path):
+    """dexperts.source = released: 07 trains no expert and generates nothing; 08/09 train on the paper's CSV."""
+    repo, _, _ = tiny_run
+    csv = tmp_path / "big5_chat_dataset.csv"
+    prompts = [f"Imagine you are Sam, talking with Alex about plan {i}." for i in range(6)]
+    rows = [{"trait": trait, "level": level, "train_input": prompt, "train_output": f"A {level} {trait} reply {i}."}
+            for i, prompt in enumerate(prompts) for trait in ("openness", "extraversion") for level in ("high", "low")]
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    tiny = repo / "params" / "tiny.yaml"
+    original = tiny.read_text()
+    switched = re.sub(r"(?m)^  source: dexperts .*$", "  source: released", original)
+    switched = re.sub(r"(?m)^  released_path: .*$", f"  released_path: {csv}", switched)
+    assert switched.count("source: released") == 1 and str(csv) in switched
+    tiny.write_text(switched)
+    try:
+        proc = _dvc(repo, "repro", "09_dpo_big5chat")
+        assert {"07_dexperts_big5chat", "08_sft_big5chat", "09_dpo_big5chat"} <= set(
+            re.findall(r"Running stage '([^']+)'", proc.stdout))
+        m07 = json.loads((repo / "reports/metrics/07_dexperts_big5chat.json").read_text())
+        assert m07["source"] == "released" and m07["experts"] == {}
+        traits = yaml.safe_load(switched)["dexperts"]["traits"]
+        assert m07["replies"] == sum(1 for r in rows if r["trait"][0].upper() in traits)
+        gens = [json.loads(line) for line in
+                (repo / "data/big5chat/07_dexperts/generations.jsonl").read_text().splitlines()]
+        assert {g["reply"] for g in gens} <= {r["train_output"] for r in rows}
+        assert json.loads((repo / "models/dpo/big5chat/train_metrics.json").read_text())["train_pairs_kept"] > 0
+    finally:
+        tiny.write_text(original)
+        _dvc(repo, "repro")

@@ -8,6 +8,7 @@ here is plain data handling, tested without a model.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import random
 import re
@@ -261,6 +262,45 @@ def dpo_pairs(generations: list[dict]) -> tuple[list[dict], dict]:
                           "rejected": [{"role": "assistant", "content": replies[OPPOSITE[target]]}]})
         stats["groups_used"] += 1
     return pairs, dict(stats)
+
+
+RELEASED_COLUMNS = ("trait", "level", "train_input", "train_output")
+RELEASED_ID = "wenkai-li/big5_chat"  # BIG5-CHAT's published generations: one CSV, 100,000 rows
+
+
+def load_released(path: str | Path, traits: list[str] | None = None) -> list[dict]:
+    """The paper's released dialogues (big5_chat_dataset.csv) as 07_dexperts generation records.
+
+    Each row (trait, level, train_input, train_output) becomes one reply: the dialogue prompt as the user message,
+    the released reply as the reply. Rows with the same train_input share a unit, so 09_dpo pairs the levels of a
+    trait on one prompt as it does for DExperts output. `trait` may be a letter or a name in any case.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"released BIG5-CHAT file not found: {path}")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in RELEASED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing} (has {list(frame.columns)})")
+    letters = {**{t.lower(): t for t in TRAITS}, **{NAMES[t].lower(): t for t in TRAITS}}
+    out = []
+    for i, row in enumerate(frame[list(RELEASED_COLUMNS)].to_dict("records")):
+        trait, level = letters.get(row["trait"].strip().lower()), row["level"].strip().lower()
+        if trait is None or level not in LEVELS:
+            raise ValueError(f"{path}: row {i}: trait {row['trait']!r} / level {row['level']!r} is not a Big-Five "
+                             f"trait and one of {LEVELS}")
+        if traits is not None and trait not in traits:
+            continue
+        prompt = row["train_input"].strip()
+        if not prompt:
+            raise ValueError(f"{path}: row {i}: empty train_input")
+        unit = "released-" + hashlib.sha1(prompt.encode()).hexdigest()[:12]
+        out.append({"unit_id": unit, "scenario_id": unit, "trait": trait, "level": level, "alpha": None,
+                    "messages": [{"role": "user", "content": prompt}], "reply": row["train_output"].strip(),
+                    "source": "released"})
+    if not out:
+        raise ValueError(f"{path}: no released rows for traits {traits}")
+    return out
 
 
 def split_units(unit_ids: list[str], test_fraction: float, seed: int = 0) -> dict[str, str]:

@@ -45,7 +45,7 @@ import json
 import random
 import re
 import string
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -315,8 +315,39 @@ def load_hf_personachat(path: str | Path, limit: int | None = None,
     missing = [c for c in HF_PERSONACHAT_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing} (has {list(df.columns)})")
-    return _collect(df[list(HF_PERSONACHAT_COLUMNS)].to_dict("records"),
-                    lambda row, i, did: _hf_personachat_dialogue(row, f"{path}: row {i}", did), path, limit, errors)
+    sides, rejects = _collect(df[list(HF_PERSONACHAT_COLUMNS)].to_dict("records"),
+                              lambda row, i, did: _hf_personachat_dialogue(row, f"{path}: row {i}", did), path, None,
+                              errors)
+    joined, unmatched = join_sides(sides)
+    rejects += [{"id": d["id"], "row": None, "reason": "the partner's side of this conversation is not in the file"}
+                for d in unmatched]
+    return (joined if limit is None else joined[:limit]), rejects
+
+
+def join_sides(sides: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """(dialogues with both personas, sides left unmatched): ConvAI2 stores each conversation twice, once from each
+    speaker's side with only that speaker's persona; the two sides list the same utterances in the same order with
+    the speakers swapped, so they are matched on their opening utterances and joined into one two-persona dialogue
+    (the first side's turns, its partner's persona from the other side), as PersonalityChat's persona pairs need."""
+    def key(d: dict) -> tuple:
+        return tuple(t["text"] for t in d["turns"][:3])
+
+    by_key: dict[tuple, list[int]] = defaultdict(list)
+    for i, d in enumerate(sides):
+        by_key[key(d)].append(i)
+    used: set[int] = set()
+    joined, unmatched = [], []
+    for i, d in enumerate(sides):
+        if i in used:
+            continue
+        mate = next((j for j in by_key[key(d)] if j != i and j not in used
+                     and sides[j]["turns"][0]["speaker"] != d["turns"][0]["speaker"]), None)
+        if mate is None:
+            unmatched.append(d)
+            continue
+        used |= {i, mate}
+        joined.append({**d, "personas": {"A": list(sides[mate]["personas"]["B"]), "B": list(d["personas"]["B"])}})
+    return joined, unmatched
 
 
 def load_personachat(path: str | Path, limit: int | None = None, errors: str = "raise"):
