@@ -29,6 +29,7 @@ VOLATILE = {  # fnmatch patterns: "*" also matches "/"
     "*/COMPLETE": "a resumable output's completion stamp holds the time it finished",
     "data/cache/*": "the teacher's response cache (SQLite) stores when each answer was cached",
     "*/trainer_state.json": "a trainer checkpoint's state logs runtimes and throughput",
+    "*/07_dexperts/generation_seconds.json": "how long 07's generation took, kept so that a resumed run reports it",
     "*/training_args.bin": "torch.save of the TrainingArguments: the absolute output_dir sits inside a zip whose "
                            "layout shifts with the folder name's length",
 }

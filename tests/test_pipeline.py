@@ -273,15 +273,20 @@ def test_sigkill_mid_questionnaires_then_rerun_keeps_the_finished_answer_sheets(
     stage = "11_generate_big5chat"
     sheets = repo / "data/big5chat/11_generate/sheets"
     final = json.loads((repo / f"reports/metrics/{stage}.json").read_text())
+    def fresh_sheets(since: int) -> dict:  # sheets this run finished (the finished run's are moved aside first)
+        return {p: p.stat().st_mtime_ns for p in sheets.glob("*.jsonl")
+                if p.with_suffix(".json").exists() and p.stat().st_mtime_ns > since}
+
     try:
+        t0 = time.time_ns()
         proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-s", "-f", stage], cwd=repo, env=_env(repo),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + 300
-        while time.time() < deadline and len(list(sheets.glob("*.json"))) < 3:
+        while time.time() < deadline and len(fresh_sheets(t0)) < 3:
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        finished = {p: p.stat().st_mtime_ns for p in sheets.glob("*.jsonl") if p.with_suffix(".json").exists()}
+        finished = fresh_sheets(t0)
         total = final["conditions"] * 3  # tiny: two instruments by log-likelihood, one by generation
         assert 3 <= len(finished) < total, "the kill did not land mid-run"
         _dvc(repo, "repro", "-s", stage)
@@ -309,9 +314,9 @@ def test_big5chat_trains_on_the_released_dialogues_when_switched(tiny_run, tmp_p
     assert switched.count("source: released") == 1 and str(csv) in switched
     tiny.write_text(switched)
     try:
-        proc = _dvc(repo, "repro", "09_dpo_big5chat")
+        proc = _dvc(repo, "repro", "08_sft_big5chat", "09_dpo_big5chat")  # 09 trains from the base, not 08
         assert {"07_dexperts_big5chat", "08_sft_big5chat", "09_dpo_big5chat"} <= set(
-            re.findall(r"Running stage '([^']+)'", proc.stdout))
+            re.findall(r"Running stage '([^']+)'", proc.stdout)), proc.stdout[-3000:]
         m07 = json.loads((repo / "reports/metrics/07_dexperts_big5chat.json").read_text())
         assert m07["source"] == "released" and m07["experts"] == {}
         traits = yaml.safe_load(switched)["dexperts"]["traits"]
@@ -322,4 +327,37 @@ def test_big5chat_trains_on_the_released_dialogues_when_switched(tiny_run, tmp_p
         assert json.loads((repo / "models/dpo/big5chat/train_metrics.json").read_text())["train_pairs_kept"] > 0
     finally:
         tiny.write_text(original)
+        _dvc(repo, "repro")
+
+
+def test_sigkill_during_the_sweep_then_rerun_keeps_the_experts_and_replies_of_07(tiny_run):
+    """kill -9 after 07 saved its replies (the α sweep running): the rerun trains and generates nothing again."""
+    repo, _, _ = tiny_run
+    stage = "07_dexperts_big5chat"
+    gen = repo / "data/big5chat/07_dexperts/generations.jsonl"
+    timing = gen.with_name("generation_seconds.json")  # written right after the replies, before the sweep
+
+    def generated_since(t0: int) -> bool:  # by this run (the finished run's outputs are moved aside first)
+        try:
+            return timing.stat().st_mtime_ns > t0
+        except FileNotFoundError:
+            return False
+
+    try:
+        t0 = time.time_ns()
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-s", "-f", stage], cwd=repo, env=_env(repo),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and not generated_since(t0):
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not (repo / "data/big5chat/07_dexperts/COMPLETE").exists(), "the kill did not land before the end"
+        experts = sorted((repo / "models/dexperts").glob("*/train_metrics.json"))
+        assert gen.exists() and len(experts) == 10
+        before = {p: p.stat().st_mtime_ns for p in [gen, *experts]}
+        _dvc(repo, "repro", "-s", stage)
+        assert {p: p.stat().st_mtime_ns for p in before} == before
+        assert (repo / "data/big5chat/07_dexperts/COMPLETE").exists()
+    finally:
         _dvc(repo, "repro")

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from lib import config, prepare, report, run_notebook
+from lib import config, report, run_notebook
 
 
 def test_write_metrics_rounds_and_cleans(tmp_path):
@@ -76,10 +76,15 @@ def test_output_root_names_a_bad_value():
         config.output_root("repo")
 
 
-def test_prepare_skips_a_teacher_served_by_an_endpoint():
-    assert "teacher" in prepare.roles_to_prepare(config.load("cpu"))     # local SmolLM2 teacher
-    assert "teacher" not in prepare.roles_to_prepare(config.load("tiny"))  # fake endpoint
-    assert "teacher" not in prepare.roles_to_prepare(config.load("paper"))  # vLLM / hosted API
+def test_00_models_prepares_every_model_the_profile_names_but_not_an_endpoint_teacher():
+    cpu = config.model_specs(config.load("cpu"))  # local SmolLM2 teachers
+    assert {k for k, v in cpu.items() if v == "gguf:smollm2"} == {
+        "models.student", "synthesize.jic.model", "label.pchat.model", "synthesize.pchat.model"}
+    assert not any(k.endswith(".model") and "sft" not in k for k in config.model_specs(config.load("tiny")))
+    paper = config.model_specs(config.load("paper", check_files=False))  # teachers behind endpoints: names only
+    assert set(paper.values()) == {"meta-llama/Meta-Llama-3-8B-Instruct", "microsoft/deberta-large",
+                                   "facebook/bart-base", "sentence-transformers/all-MiniLM-L6-v2"}
+    assert "sft.pchat.model" in paper and "eval.pchat.mcn_encoder" in paper
 
 
 def test_resumable_dir_restarts_after_a_finished_run(tmp_path):

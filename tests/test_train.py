@@ -198,3 +198,22 @@ def test_half_precision_without_a_gpu_falls_back_to_float32(monkeypatch):
     assert default_precision({"lr": 1}) == {"lr": 1, "bf16": False, "fp16": False}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert default_precision({"bf16": True}) == {"bf16": True}  # a GPU run keeps what params ask for
+
+
+def test_rows_whose_prompt_fills_max_seq_length_are_an_error_not_an_empty_run(tmp_path, tiny_llama_dir):
+    with pytest.raises(ValueError, match=r"all 2 training rows were dropped: .*max_seq_length=4"):
+        sft(tiny_llama_dir, _rows(2), None, tmp_path, LORA, {**ARGS, "max_steps": 1}, max_seq_length=4)
+
+
+def test_render_rows_splits_the_chat_template_at_the_assistant_header(tiny_llama_dir):
+    """The string form Unsloth's trainers get: prompt + completion re-join to the template's whole conversation."""
+    from transformers import AutoTokenizer
+
+    from lib.train import render_rows
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    row = _rows(1)[0]
+    out = render_rows([row | {"chosen": row["completion"], "rejected": [{"role": "assistant", "content": "no"}]}], tok)
+    whole = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+    assert out[0]["prompt"] + out[0]["completion"] == whole and out[0]["prompt"].endswith("<|im_start|>assistant\n")
+    assert out[0]["completion"] == out[0]["chosen"] and out[0]["rejected"].startswith("no")
