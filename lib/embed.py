@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lib import hub
+
 
 def _device() -> str:
     """Pick cuda when present, else cpu (the cpu/tiny profiles)."""
@@ -33,7 +35,7 @@ def load_encoder(model_path: str):
 
     path = Path(model_path)
     local = path.is_dir()
-    if not local and (path.is_absolute() or str(model_path).startswith(".") or str(model_path).count("/") > 1):
+    if not local and not hub.is_model_id(model_path):
         raise FileNotFoundError(f"encoder directory not found: {model_path}")
     model = SentenceTransformer(str(model_path), device=_device(), local_files_only=local)
     modes = [getattr(m, "pooling_mode", None) for m in model]

@@ -10,9 +10,16 @@ answers from that cache only, which is how a workstation without internet (and t
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 PREFIX = "hf://datasets/"
+MODEL_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
+
+
+def is_model_id(text: str) -> bool:
+    """Whether a model reference is shaped like a Hub id ("owner/name") rather than a local path."""
+    return bool(MODEL_ID.fullmatch(str(text)))
 
 
 def is_hub_uri(value: str) -> bool:

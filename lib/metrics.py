@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lib import hub
 from lib.traits import TRAITS
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ def bertscore(hyps: list[str], refs: list[str], model_path: str, num_layers: int
     `model_path` is a local encoder directory or a Hub id (the paper profile), loaded by bert_score's from_pretrained.
     """
     hyps, refs = _check_pairs(hyps, refs)
-    _check_model_ref(model_path, "BERTScore encoder")
+    if not Path(model_path).is_dir() and not hub.is_model_id(model_path):
+        raise FileNotFoundError(f"BERTScore encoder directory not found: {model_path}")
     try:
         import bert_score
         import torch
@@ -128,17 +130,6 @@ def bertscore(hyps: list[str], refs: list[str], model_path: str, num_layers: int
         return None, reason
     n = len(hyps)
     return {"precision": float(P.sum()) / n, "recall": float(R.sum()) / n, "f1": float(F.sum()) / n}, ""
-
-
-def _check_model_ref(model: str | Path, what: str) -> None:
-    """A local directory, or something shaped like a Hub id ("owner/name" or "name"); else FileNotFoundError."""
-    text = str(model)
-    local = Path(text)
-    if local.is_dir():
-        return
-    looks_like_id = text.count("/") <= 1 and not text.startswith((".", "/")) and text.strip() == text and text
-    if not looks_like_id:
-        raise FileNotFoundError(f"{what} directory not found: {model}")
 
 
 def trait_capture(pred_traits, true_traits) -> dict:

@@ -15,11 +15,12 @@ import argparse
 import importlib.util
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+from lib import hub
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,6 @@ def _align_special_tokens(tokenizer, config) -> None:
 # Model specs: one string per profile in params, turned into a directory by `python -m lib.models prepare`.
 
 HUB_ID_FILE = "HUB_ID.txt"
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
 
 
 def _hub_offline() -> bool:
@@ -226,7 +226,7 @@ def resolve_model(path_or_dir: str | Path) -> str:
         return hub_id
     if (path / "config.json").is_file():
         return str(path)
-    if not path.exists() and HUB_ID.fullmatch(str(path_or_dir)):
+    if not path.exists() and hub.is_model_id(path_or_dir):
         return str(path_or_dir)  # already resolved: a Hub id passes through, so resolving twice is harmless
     raise FileNotFoundError(f"{path} is not a prepared model (no config.json or {HUB_ID_FILE}); "
                             "run `python -m lib.models prepare SPEC OUT_DIR` first")

@@ -14,7 +14,6 @@ import http.server
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ import pytest
 import yaml
 
 from lib import config
+from tests.checkout import copy_checkout
 from tests.fake_teacher import FakeTeacherServer, scripted_dialogue_reply
 from tests.standins import hub_cache
 
@@ -185,21 +185,10 @@ def _hub_datasets(files: Path) -> dict[str, Path]:
             "Fatima0923/Automated-Personality-Prediction": files / "pandora"}
 
 
-def _tracked_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
-    return [f for f in out.splitlines() if (ROOT / f).is_file()]
-
-
 @pytest.fixture(scope="module")
 def paper_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("paper")
-    repo = base / "repo"
-    for rel in _tracked_files():
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, repo / rel)
-    (base / "shared").symlink_to((ROOT.parent / "shared").resolve())
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    repo = copy_checkout(base)
 
     hf_home = base / "hf"
     cache = hf_home / "hub"
@@ -280,3 +269,13 @@ def test_the_reddit_source_refuses_to_run_without_a_salt(paper_run):
     proc = subprocess.run([sys.executable, "-m", "lib.run_notebook", "notebooks/01_scrape_jic.ipynb"],
                           cwd=paper_run["repo"], env=env, capture_output=True, text=True, check=False)
     assert proc.returncode != 0 and "needs a secret pseudonym salt in $PSEUDONYM_SALT" in proc.stdout + proc.stderr
+
+
+def test_stand_in_tokenizers_really_tokenize(tmp_path):
+    """transformers 5 renamed the tokenizer file arguments (vocab, merges): a wrong name builds an empty vocabulary
+    that turns every text into special tokens, and the paper run would train on nothing."""
+    from transformers import AutoTokenizer
+
+    for kind in ("encoder", "seq2seq"):
+        tok = AutoTokenizer.from_pretrained(hub_cache.BUILDERS[kind](tmp_path / kind))
+        assert len(tok) > 100 and len(tok.tokenize("I wrote in my journal")) >= 5, kind

@@ -7,7 +7,6 @@ These tests take a few minutes: they are the proof that a fresh clone's pipeline
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,17 +18,12 @@ import pytest
 import yaml
 
 from tests import outputs
+from tests.checkout import copy_checkout
 from tests.fake_teacher import FakeTeacherServer, scripted_dialogue_reply
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-" + "9f3c1a7e5b2d4c6e8a0b"  # must never be written anywhere by the pipeline
 pytestmark = pytest.mark.e2e
-
-
-def _tracked_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
-    return [f for f in out.splitlines() if (ROOT / f).is_file()]
 
 
 def _env(tmp_repo: Path) -> dict:
@@ -57,13 +51,7 @@ def teacher():
 
 def _tiny_copy(tmp_path_factory, teacher) -> Path:
     """A copy of the working tree (what a fresh clone has), ../shared beside it, the tiny profile switched on."""
-    base = tmp_path_factory.mktemp("clone")
-    repo = base / "repo"
-    for rel in _tracked_files():
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, repo / rel)
-    (base / "shared").symlink_to((ROOT.parent / "shared").resolve())
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    repo = copy_checkout(tmp_path_factory.mktemp("clone"))
     (repo / "params.yaml").write_text(re.sub(r"(?m)^profile: \w+", "profile: tiny", (repo / "params.yaml").read_text()))
     tiny = repo / "params" / "tiny.yaml"
     tiny.write_text(tiny.read_text().replace("http://127.0.0.1:8765/v1", teacher.base_url))

@@ -42,15 +42,21 @@ TEXTS = ["I wrote in my journal today about the long walk by the river.",
          "I plan my week carefully and keep lists. Art and new ideas fascinate me."]
 
 
-def _byte_bpe(out: Path, specials: list[str], vocab_size: int = 400) -> tuple[Path, Path]:
-    """A byte-level BPE (GPT-2 style vocab.json + merges.txt), as DeBERTa and BART ship."""
+def _byte_bpe_tokenizer(out: Path, tokenizer_class, specials: list[str], model_max_length: int,
+                        vocab_size: int = 400):
+    """A byte-level BPE (GPT-2 style vocab.json + merges.txt, as DeBERTa and BART ship) as `tokenizer_class`,
+    saved to `out`; model_max_length as the real checkpoint's (bert_score truncates to it)."""
     from tokenizers import ByteLevelBPETokenizer
 
-    tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(TEXTS * 4, vocab_size=vocab_size, special_tokens=specials)
-    out.mkdir(parents=True, exist_ok=True)
-    vocab, merges = tok.save_model(str(out))
-    return Path(vocab), Path(merges)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(TEXTS * 4, vocab_size=vocab_size, special_tokens=specials)
+    work = out / "_bpe"
+    work.mkdir(parents=True, exist_ok=True)
+    vocab, merges = bpe.save_model(str(work))
+    tok = tokenizer_class(vocab=vocab, merges=merges, model_max_length=model_max_length)  # transformers 5 names
+    shutil.rmtree(work)
+    tok.save_pretrained(out)
+    return tok
 
 
 def build_deberta(out: Path, seed: int = 0) -> Path:
@@ -58,10 +64,7 @@ def build_deberta(out: Path, seed: int = 0) -> Path:
     import torch
     from transformers import DebertaConfig, DebertaModel, DebertaTokenizerFast
 
-    vocab, merges = _byte_bpe(out / "_bpe", ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"])
-    tok = DebertaTokenizerFast(vocab_file=str(vocab), merges_file=str(merges), model_max_length=512)
-    shutil.rmtree(out / "_bpe")
-    tok.save_pretrained(out)
+    tok = _byte_bpe_tokenizer(out, DebertaTokenizerFast, ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"], 512)
     torch.manual_seed(seed)
     # deberta-large has 24 layers; so does this one (16 wide), so layer choices like BERTScore's 17 stay valid
     config = DebertaConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=24, num_attention_heads=2,
@@ -75,10 +78,7 @@ def build_bart(out: Path, seed: int = 0) -> Path:
     import torch
     from transformers import BartConfig, BartForConditionalGeneration, BartTokenizerFast
 
-    vocab, merges = _byte_bpe(out / "_bpe", ["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    tok = BartTokenizerFast(vocab_file=str(vocab), merges_file=str(merges), model_max_length=1024)
-    shutil.rmtree(out / "_bpe")
-    tok.save_pretrained(out)
+    tok = _byte_bpe_tokenizer(out, BartTokenizerFast, ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], 1024)
     torch.manual_seed(seed)
     config = BartConfig(vocab_size=len(tok), d_model=32, encoder_layers=1, decoder_layers=1,
                         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
