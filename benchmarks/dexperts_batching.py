@@ -25,8 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.results_io import save_result
-from lib import dexperts  # after the sys.path line above
-from lib.big5chat import LEVELS, TRAITS, expert_instruction
+from lib.big5chat import LEVELS, TRAITS, dexperts, expert_messages  # after the sys.path line above
 from lib.models import load_for_inference
 
 MODES = ("batched", "separate", "base")
@@ -37,14 +36,14 @@ SITUATIONS = ["a friend cancelled our weekend trip at the last minute", "my mana
 
 
 def make_prompts(n: int, expert_names: list[str]) -> tuple[list, list]:
-    """Base chats (a dialogue turn to reply to) and expert chats (expert instruction + the same turn), varied lengths."""
+    """Base chats (a dialogue turn to reply to, varied lengths) and expert chats (the expert's instruction alone)."""
     base, expert = [], []
     for i in range(n):
         extra = " Tell me what you would say and how you would feel about it." * (i % 3)
         turn = [{"role": "user", "content": f"Imagine that {SITUATIONS[i % len(SITUATIONS)]}. Reply in 50 words.{extra}"}]
         trait, level = expert_names[i % len(expert_names)].rsplit("_", 1)  # experts are named <trait>_<level>
         base.append(turn)
-        expert.append([{"role": "system", "content": expert_instruction(trait, level)}, *turn])
+        expert.append(expert_messages(trait, level))
     return base, expert
 
 

@@ -236,6 +236,9 @@ def _train_and_save(trainer, tokenizer, out_dir: Path, backend: str, evaluate: b
     }
     if evaluate:
         metrics |= {k: v for k, v in trainer.evaluate().items() if k in _EVAL_METRICS}
+        # The same held-out rows under the untrained base (adapter off): did training learn anything that generalises?
+        with trainer.model.disable_adapter():
+            metrics |= {f"base_{k}": v for k, v in trainer.evaluate().items() if k in _EVAL_METRICS}
     return metrics
 
 

@@ -94,9 +94,9 @@ def test_prompts_carry_the_papers_wording():
     base = big5chat.dialogue_messages(unit, TEMPLATE)
     assert base == [{"role": "user", "content": "Imagine you are Al, with Bo. N.\nAl: turn 0\nBo: turn 1\n"
                                                 "Reply within 50 words."}]
-    expert = big5chat.expert_messages(unit, "E", "low", TEMPLATE)
-    assert expert[0]["content"] == "Help me complete the sentence with certain Big Five Personality: Extraversion - low"
-    assert expert[1:] == base
+    # The expert reads its instruction alone, as the user turn (the paper's code): never the dialogue.
+    assert big5chat.expert_messages("E", "low") == [
+        {"role": "user", "content": "Help me complete the sentence with certain Big Five Personality: Extraversion - low"}]
     assert big5chat.persona_instruction("N", "high") == (
         "You are a helpful assistant with the following Big Five personality traits: Neuroticism - high")
     with pytest.raises(ValueError, match=r"unknown placeholders \['speaker'\]"):
@@ -114,7 +114,6 @@ def test_default_template_fills_every_element():
     assert text.startswith("Imagine you are Al, in a conversation with Bo. What is going on: N.")
     assert "Al: turn 0\nBo: turn 1\nAl: turn 2\nBo: turn 3\n" in text and "turn 4" not in text
     assert "within 50 words" in text and "{" not in text
-    assert big5chat.expert_messages(unit, "O", "high")[1:] == [msg]
 
 
 def test_expert_rows_and_level_split():
@@ -125,6 +124,8 @@ def test_expert_rows_and_level_split():
     rows = big5chat.expert_rows(["a b c d", "  "], "O", "high", max_words=2)
     assert rows == [{"prompt": [{"role": "user", "content": big5chat.expert_instruction("O", "high")}],
                      "completion": [{"role": "assistant", "content": "a b"}]}]
+    # Decoding prompt == training prompt: the expert is steered from exactly what it was trained on.
+    assert rows[0]["prompt"] == big5chat.expert_messages("O", "high")
     with pytest.raises(ValueError, match="no non-empty texts"):
         big5chat.expert_rows([" "], "O", "high")
     with pytest.raises(ValueError, match="no label column 'O'"):

@@ -222,3 +222,85 @@ def test_plain_model_without_adapters_is_rejected(varied_dir):
     model, tok = load_for_inference(varied_dir)
     with pytest.raises(ValueError, match="has no LoRA adapters"):
         dexperts.dexperts_generate(model, tok, CHATS, EXPERT_CHATS, list(ADAPTERS))
+
+
+def _by_role(base, expert, anti=(0.0, 0.0, 0.0)):
+    return {"base": torch.tensor([base]), "expert": torch.tensor([expert]), "anti": torch.tensor([anti])}
+
+
+def test_combination_rule_by_hand():
+    """base + alpha * expert, worked by hand on three tokens; every other plausible rule picks another token.
+
+    base = [3, 0, 2.9], expert = [0, 5, 0.6]:
+      alpha 0.5: [3, 2.5, 3.2]  -> token 2   (base alone -> 0; (1-a) base + a expert, expert alone, or a mixture of
+                                              the two softmaxes -> 1)
+      alpha 2:   [3, 10, 4.1]   -> token 1
+      with an anti-expert [0, 4, 0], alpha 0.5: [3, 0.5, 3.2] -> token 2; alpha 2: [3, 2, 4.1] -> token 2
+      before the expert joins: base alone -> token 0
+    """
+    roles = _by_role([3.0, 0.0, 2.9], [0.0, 5.0, 0.6])
+    greedy = lambda logits: dexperts._choose(logits, 0.0, 1.0, None).item()  # noqa: E731
+    assert greedy(dexperts._combine(roles, 0.5, expert_joined=True, has_anti=False)) == 2
+    assert greedy(dexperts._combine(roles, 2.0, expert_joined=True, has_anti=False)) == 1
+    assert greedy(dexperts._combine(roles, 0.5, expert_joined=False, has_anti=False)) == 0
+    assert dexperts._combine(roles, 0.5, True, False)[0].tolist() == pytest.approx([3.0, 2.5, 3.2])
+    anti = _by_role([3.0, 0.0, 2.9], [0.0, 5.0, 0.6], [0.0, 4.0, 0.0])
+    assert dexperts._combine(anti, 2.0, True, True)[0].tolist() == pytest.approx([3.0, 2.0, 4.1])
+    assert greedy(dexperts._combine(anti, 0.5, True, True)) == 2
+
+
+def test_sampling_draws_from_the_tempered_softmax_of_the_combined_logits():
+    """At T 0.6 (the paper's), token frequencies over 40,000 rows match softmax((base + a expert) / 0.6)."""
+    roles = _by_role([3.0, 0.0, 2.9], [0.0, 5.0, 0.6])
+    logits = dexperts._combine(roles, 0.5, True, False).repeat(40_000, 1)
+    tokens = dexperts._choose(logits, 0.6, 1.0, torch.Generator().manual_seed(0))
+    freq = torch.bincount(tokens, minlength=3).float() / len(tokens)
+    expected = torch.softmax(torch.tensor([3.0, 2.5, 3.2]) / 0.6, -1)  # [0.40, 0.17, 0.56] / sum
+    assert freq.tolist() == pytest.approx(expected.tolist(), abs=0.01)
+
+
+def _nll_by_hand(model, tok, prompt, text) -> float:
+    """One unpadded sequence: mean -log p of the text's tokens after the formatted prompt."""
+    p = tok(tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False), add_special_tokens=False)
+    t = tok(text, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p["input_ids"] + t])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    n = len(p["input_ids"])
+    return -sum(logp[n - 1 + i, tok_id].item() for i, tok_id in enumerate(t)) / len(t)
+
+
+def test_completion_nll_matches_an_unpadded_hand_computation(experts, varied_dir):
+    model, tok = experts
+    prompt = [{"role": "user", "content": "Help me complete the sentence: happy"}]
+    texts = ["I love long walks.", "We met at the station and talked for hours about music and friends."]
+    base = dexperts.completion_nll(model, tok, prompt, texts, adapter=None, batch_size=2)  # padded batch
+    plain, _ = load_for_inference(varied_dir)
+    assert base == pytest.approx([_nll_by_hand(plain, tok, prompt, t) for t in texts], rel=1e-4)
+    with_adapter = dexperts.completion_nll(model, tok, prompt, texts, adapter="O_high", batch_size=1)
+    model.set_adapter("O_high")
+    assert with_adapter == pytest.approx([_nll_by_hand(model, tok, prompt, t) for t in texts], rel=1e-4)
+    assert with_adapter != pytest.approx(base, rel=1e-3)  # the adapter really scored them
+    with pytest.raises(ValueError, match="no texts"):
+        dexperts.completion_nll(model, tok, prompt, [], adapter=None)
+
+
+def test_shared_prompts_are_prefilled_once_and_decode_as_if_alone(experts):
+    """One unit's base prompt under several experts, one expert's prompt under several units: each distinct
+    (adapter, prompt) row is prefilled once, and every sample decodes exactly as it does in a batch of its own."""
+    model, tok = experts
+    base = [CHATS[0], CHATS[0], CHATS[1], CHATS[0]]
+    expert = [EXPERT_CHATS[2], EXPERT_CHATS[0], EXPERT_CHATS[2], EXPERT_CHATS[2]]
+    names = ["O_high", "O_low", "O_high", "O_high"]
+    kwargs = {"alpha": 1.0, "join_after": 1, "max_new_tokens": N_NEW, "ignore_eos": True, "return_stats": True}
+    alone = [dexperts.dexperts_generate(model, tok, [b], [e], [n], batch_size=1, **kwargs)[1].token_ids[0]
+             for b, e, n in zip(base, expert, names)]
+    for mode in ("batched", "separate"):
+        _, stats = dexperts.dexperts_generate(model, tok, base, expert, names, batch_size=4, mode=mode, **kwargs)
+        assert stats.token_ids == alone
+    assert alone[0] == alone[3] and alone[0] != alone[1]  # same inputs agree; another expert changes the reply
+    streams = dexperts._streams(model, "batched", [dexperts._prompt_ids(tok, c) for c in base],
+                                [dexperts._prompt_ids(tok, c) for c in expert], names, [None] * 4, tok.pad_token_id)
+    (stream,) = streams
+    # base rows: CHATS[0] thrice + CHATS[1]; expert rows: (O_high, chat 2) thrice + (O_low, chat 0) -> 2 + 2 distinct
+    assert len(stream.prefill_ids) == 4 and stream.expand.tolist() == [0, 0, 1, 0, 2, 3, 2, 2]

@@ -48,6 +48,8 @@ def test_sft_writes_adapter_and_metrics(tmp_path, tiny_llama_dir):
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["eval_loss"])
     # random-init model over a vocabulary of ~500 tokens: loss near ln(V) before training
     assert 3.0 < metrics["train_loss"] < 8.0
+    # The held-out rows under the untrained base (adapter off): the same completion, so training lowered its loss.
+    assert metrics["eval_loss"] < metrics["base_eval_loss"]
     assert metrics["peak_memory_mb"] > 0 and metrics["train_runtime_s"] > 0 and metrics["samples_per_s"] > 0
     assert json.loads((tmp_path / "train_metrics.json").read_text()) == metrics
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
@@ -129,6 +131,9 @@ def test_dpo_trains_from_the_base_as_reference_and_saves_an_adapter(tmp_path, ti
     assert math.isfinite(metrics["train_loss"]) and metrics["train_loss"] < math.log(2)
     assert metrics["reward_accuracy"] == 1.0 and metrics["reward_margin"] > 0
     assert metrics["eval_loss"] < math.log(2) and metrics["eval_rewards/accuracies"] == 1.0
+    # Adapter off, the policy is its reference: no preference at all (loss ln 2, margin 0).
+    assert metrics["base_eval_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert metrics["base_eval_rewards/margins"] == pytest.approx(0.0, abs=1e-4)
     assert json.loads((tmp_path / "train_metrics.json").read_text()) == metrics
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "adapter" / "ref").exists()  # one adapter only: the reference is the base

@@ -168,9 +168,13 @@ def dialogue_messages(unit: dict, template: str = DEFAULT_TEMPLATE) -> list[dict
     return [{"role": "user", "content": content.strip()}]
 
 
-def expert_messages(unit: dict, trait: str, level: str, template: str = DEFAULT_TEMPLATE) -> list[dict]:
-    """The expert's chat: its own instruction as the system message, then the same dialogue prompt."""
-    return [{"role": "system", "content": expert_instruction(trait, level)}, *dialogue_messages(unit, template)]
+def expert_messages(trait: str, level: str) -> list[dict]:
+    """The expert's chat: its instruction alone, as the user turn — what it was trained on (`expert_rows`).
+
+    As in the paper's reference code the expert never reads the dialogue: it continues, from its instruction, the
+    reply generated so far (every generated token is fed to the expert rows too; see lib.big5chat.dexperts).
+    """
+    return [{"role": "user", "content": expert_instruction(trait, level)}]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -187,7 +191,7 @@ def split_by_trait_level(df: pd.DataFrame, trait: str, level: str) -> pd.DataFra
 
 def expert_rows(texts: list[str], trait: str, level: str, max_words: int | None = None) -> list[dict]:
     """Prompt-completion rows for one expert: its instruction, then a human text written at that level."""
-    prompt = [{"role": "user", "content": expert_instruction(trait, level)}]
+    prompt = expert_messages(trait, level)  # the decoding prompt, so the expert is steered from what it learnt
     rows = []
     for text in texts:
         words = str(text).split()

@@ -185,20 +185,28 @@ class _Stream:
 
     `adapter` is None (adapters disabled: the base), an adapter name (that adapter active alone) or a per-row
     list for peft's mixed-adapter batch. Row r plays `roles[r]` ("base", "expert" or "anti") for sample
-    `samples[r]` of the chunk.
+    `samples[r]` of the chunk. Rows with the same prompt and adapter (one unit's base rows across traits and
+    levels, one expert's rows across units) are prefilled once: `prefill_*` hold the distinct rows and `expand`
+    maps every row to its distinct row, whose KV cache and logits it then copies.
     """
     model: Any
     adapter: str | list[str] | None
     roles: list[str]
     samples: Any  # LongTensor (rows,)
-    input_ids: Any  # LongTensor (rows, prompt length), left padded
-    mask: Any  # LongTensor (rows, tokens so far)
+    prefill_ids: Any  # LongTensor (distinct rows, prompt length), left padded
+    prefill_mask: Any  # LongTensor (distinct rows, prompt length)
+    prefill_adapter: str | list[str] | None
+    expand: Any  # LongTensor (rows,): row -> distinct row
+    mask: Any = None  # LongTensor (rows, tokens so far), set by prefill
     cache: Any = None
 
     def prefill(self):
-        """Run the padded prompts; returns the last position's logits (rows, vocab)."""
-        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)  # left padding: every row's text starts at position 0
-        return self._forward(self.input_ids, positions)
+        """Run the distinct padded prompts once, copy cache and logits to every row; returns (rows, vocab) logits."""
+        positions = (self.prefill_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: every text starts at position 0
+        logits = self._forward(self.prefill_ids, positions, self.prefill_mask, self.prefill_adapter)
+        self.cache.reorder_cache(self.expand)
+        self.mask = self.prefill_mask[self.expand]
+        return logits[self.expand]
 
     def step(self, tokens):
         """Feed one token per row (LongTensor (rows,)); returns the next logits (rows, vocab)."""
@@ -206,20 +214,20 @@ class _Stream:
 
         positions = self.mask.sum(-1, keepdim=True)  # = last position + 1
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=-1)
-        return self._forward(tokens[:, None], positions)
+        return self._forward(tokens[:, None], positions, self.mask, self.adapter)
 
-    def _forward(self, input_ids, positions):
+    def _forward(self, input_ids, positions, mask, adapter):
         """One forward of these rows with their adapter setting; keeps the returned KV cache."""
-        kwargs = {"input_ids": input_ids, "attention_mask": self.mask, "position_ids": positions,
+        kwargs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions,
                   "past_key_values": self.cache, "use_cache": True, "logits_to_keep": 1}
-        if self.adapter is None:
+        if adapter is None:
             with self.model.disable_adapter():
                 out = self.model(**kwargs)
-        elif isinstance(self.adapter, str):
-            self.model.set_adapter(self.adapter, inference_mode=True)
+        elif isinstance(adapter, str):
+            self.model.set_adapter(adapter, inference_mode=True)
             out = self.model(**kwargs)
         else:
-            out = self.model(**kwargs, adapter_names=self.adapter)
+            out = self.model(**kwargs, adapter_names=adapter)
         self.cache = out.past_key_values
         return out.logits[:, -1, :]
 
@@ -238,12 +246,18 @@ def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple:
 
 
 def _stream(model, adapter: str | list[str] | None, rows: list[tuple[str, int, list[int]]], pad_id: int) -> _Stream:
-    """A stream over (role, sample index, prompt ids) rows."""
+    """A stream over (role, sample index, prompt ids) rows; `adapter` as in _Stream (a list: one name per row)."""
     import torch
 
-    ids, mask = _left_pad([prompt for _, _, prompt in rows], pad_id, model.device)
+    per_row = adapter if isinstance(adapter, list) else [adapter] * len(rows)
+    distinct: dict[tuple, int] = {}
+    expand = [distinct.setdefault((name, tuple(prompt)), len(distinct)) for name, (_, _, prompt) in zip(per_row, rows)]
+    ids, mask = _left_pad([list(prompt) for _, prompt in distinct], pad_id, model.device)
+    prefill_adapter = [name for name, _ in distinct] if isinstance(adapter, list) else adapter
     return _Stream(model=model, adapter=adapter, roles=[role for role, _, _ in rows],
-                   samples=torch.tensor([i for _, i, _ in rows], device=model.device), input_ids=ids, mask=mask)
+                   samples=torch.tensor([i for _, i, _ in rows], device=model.device), prefill_ids=ids,
+                   prefill_mask=mask, prefill_adapter=prefill_adapter,
+                   expand=torch.tensor(expand, dtype=torch.long, device=model.device))
 
 
 def _streams(model, mode: str, base_ids: list[list[int]], expert_ids: list[list[int]], experts: list[str],
@@ -343,3 +357,54 @@ def _decode_chunk(streams: list[_Stream], d: _Decoding, n_samples: int) -> tuple
             logits = [s.step(tokens[s.samples]) for s in streams]
             forwards += len(streams)
     return new, forwards, prefill_seconds
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Held-out check of the experts
+
+
+def completion_nll(model, tokenizer, prompt: list[dict], texts: list[str], adapter: str | None,
+                   batch_size: int = 16) -> list[float]:
+    """Per text, the mean negative log-likelihood (nats per token) of the text as the assistant's reply to `prompt`.
+
+    `adapter` names the loaded adapter to score with, or None for the base (adapters disabled). The prompt is
+    formatted as at decoding time (chat template + generation prompt); only the text's own tokens are scored.
+    Used to check that each DExperts expert learnt its level: on held-out texts of its own level it should beat the
+    opposite level's expert.
+    """
+    import torch
+
+    if not texts:
+        raise ValueError("no texts to score")
+    prompt_ids = _prompt_ids(tokenizer, prompt)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[float] = []
+    active = model.active_adapter
+    try:
+        for lo in range(0, len(texts), batch_size):
+            texts_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[lo:lo + batch_size]]
+            if not all(texts_ids):
+                raise ValueError(f"an empty text among texts[{lo}:{lo + batch_size}]")
+            rows = [prompt_ids + ids for ids in texts_ids]
+            width = max(map(len, rows))
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)  # right padding: positions start at 0
+            mask = torch.zeros_like(ids)
+            for r, row in enumerate(rows):
+                ids[r, :len(row)] = torch.tensor(row)
+                mask[r, :len(row)] = 1
+            with torch.inference_mode():
+                if adapter is None:
+                    with model.disable_adapter():
+                        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+                else:
+                    model.set_adapter(adapter, inference_mode=True)
+                    logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            token_logp = logp.gather(-1, ids[:, 1:, None].to(logp.device)).squeeze(-1)  # log p(token t | < t)
+            for r, text_ids in enumerate(texts_ids):
+                start = len(prompt_ids) - 1  # the first text token is predicted at the prompt's last position
+                out.append(-token_logp[r, start:start + len(text_ids)].mean().item())
+    finally:
+        if model.active_adapter != active:
+            model.set_adapter(active, inference_mode=True)
+    return out
