@@ -239,7 +239,7 @@ def test_combination_rule_by_hand():
       before the expert joins: base alone -> token 0
     """
     roles = _by_role([3.0, 0.0, 2.9], [0.0, 5.0, 0.6])
-    greedy = lambda logits: dexperts._choose(logits, 0.0, 1.0, None).item()  # noqa: E731
+    greedy = lambda logits: dexperts._choose(logits, 0.0, 1.0, None).item()
     assert greedy(dexperts._combine(roles, 0.5, expert_joined=True, has_anti=False)) == 2
     assert greedy(dexperts._combine(roles, 2.0, expert_joined=True, has_anti=False)) == 1
     assert greedy(dexperts._combine(roles, 0.5, expert_joined=False, has_anti=False)) == 0

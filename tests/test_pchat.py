@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from lib import pchat
+from lib.records import read_jsonl
 from lib.teacher import InvalidReply
 from lib.train import check_rows
 
@@ -202,37 +203,86 @@ GOOD_REPLY = (
     "Agreeableness: no clue\n"
     "Neuroticism: Probably high (given I am high maintenance.)\n"
 )
+NO = {"label": "no_clues", "reason": None, "evidence": [], "cites_fact": False}
 
 
-def test_parse_trait_labels_normalises_evidence_to_the_fact():
-    labels = pchat.parse_trait_labels(GOOD_REPLY, FACTS)
+def test_parse_trait_labels_reads_reasons_and_the_facts_they_cite():
+    labels, failures = pchat.parse_trait_labels(GOOD_REPLY, FACTS)
+    assert failures == {}
     assert labels == {
-        "O": {"label": "no_clues", "evidence": None},
-        "C": {"label": "low", "evidence": "I love spending money."},
-        "E": {"label": "high", "evidence": "I listen to Britney Spears."},
-        "A": {"label": "no_clues", "evidence": None},
-        "N": {"label": "high", "evidence": "I am high maintenance."},
+        "O": NO,
+        "C": {"label": "low", "reason": "“i love spending money”", "evidence": ["I love spending money."],
+              "cites_fact": True},
+        "E": {"label": "high", "reason": "the statement: \"I listen to  Britney Spears!\"",
+              "evidence": ["I listen to Britney Spears."], "cites_fact": True},
+        "A": NO,
+        "N": {"label": "high", "reason": "I am high maintenance.", "evidence": ["I am high maintenance."],
+              "cites_fact": True},
     }
+
+
+def test_the_papers_free_text_label_is_valid_and_cites_two_facts():
+    """The paper's own example label (Lotfi et al. 2024, §3.1) was rejected when it did not quote a fact verbatim."""
+    reply = ("Openness: No clues.\n"
+             "Conscientiousness: Probably low, given the statement I love spending money and that they admit to "
+             "being high maintenance.\n"
+             "Extraversion: Probably high, given their love for pop music and shopping.\n"
+             "Agreeableness: No clues.\nNeuroticism: No clues.")
+    labels, failures = pchat.parse_trait_labels(reply, FACTS)
+    assert failures == {} and labels["C"]["label"] == "low"
+    assert labels["C"]["evidence"] == ["I love spending money.", "I am high maintenance."] and labels["C"]["cites_fact"]
+    assert labels["E"] == {"label": "high", "reason": "their love for pop music and shopping.", "evidence": [],
+                           "cites_fact": False}  # valid, but it cites none of the persona's facts
+
+
+@pytest.mark.parametrize("reason, cited", [
+    ("given I diet a lot", ["I diet a lot."]),
+    ("because they are always on a diet", ["I diet a lot."]),  # its one content word ("a lot" is a function phrase)
+    ("given that she listens to Britney Spears", []),          # "listens" is not "listen": 2 of 3 content words
+    ("the spending of money they love", ["I love spending money."]),  # all content words, in another order
+    ("they go on diets", []),                                 # no stemming: "diets" is not "diet"
+])
+def test_cited_facts(reason, cited):
+    assert pchat.cited_facts(reason, FACTS) == cited
 
 
 @pytest.mark.parametrize("old, new, reason, detail", [
     ("Agreeableness: no clue\n", "", "missing_trait", "no line for Agreeableness"),
-    ("Agreeableness: no clue\n", "Openness: No clues.\n", "duplicate_trait", "Openness is labelled twice"),
+    ("Agreeableness: no clue\n", "Agreeableness: no clue\nOpenness: Probably high, given I diet a lot.\n",
+     "duplicate_trait",
+     "Openness is labelled no_clues and high"),
     ("Agreeableness: no clue", "Agreeableness: Maybe high", "unknown_label", "Agreeableness: 'Maybe high'"),
-    ("given “i love spending money”", "given “I love spending money on cars”", "bad_evidence",
-     "'I love spending money on cars' is not one of the persona's facts"),
-    ("given “i love spending money”", "", "missing_evidence", "Conscientiousness: a low/high label needs"),
+    ("given “i love spending money”", "", "missing_reason", "Conscientiousness: a low/high label needs a reason"),
 ])
-def test_parse_trait_labels_rejects(old, new, reason, detail):
-    with pytest.raises(ValueError) as err:
-        pchat.parse_trait_labels(GOOD_REPLY.replace(old, new), FACTS)
-    assert err.value.reason == reason and detail in str(err.value)
-    assert pchat.label_repair_prompt(reason).startswith("That answer is not valid.")
+def test_one_bad_trait_keeps_the_other_four(old, new, reason, detail):
+    labels, failures = pchat.parse_trait_labels(GOOD_REPLY.replace(old, new), FACTS)
+    (bad,) = failures
+    assert failures[bad]["reason"] == reason and detail in failures[bad]["detail"]
+    good, _ = pchat.parse_trait_labels(GOOD_REPLY, FACTS)
+    assert labels == {t: lab for t, lab in good.items() if t != bad}  # the four valid answers survive
+    assert f"Answer again for {pchat.NAMES[bad]} only" in pchat.whole_repair_prompt(failures)
+
+
+def test_parse_trait_labels_reads_only_the_asked_traits_and_agrees_on_repeats():
+    labels, failures = pchat.parse_trait_labels(GOOD_REPLY + "Openness: no clues\n", FACTS, traits=["O", "N"])
+    assert set(labels) == {"O", "N"} and failures == {}
+    with pytest.raises(ValueError, match="non-empty subset"):
+        pchat.parse_trait_labels(GOOD_REPLY, FACTS, traits=["X"])
+
+
+def test_whole_repair_prompt_names_each_failed_trait():
+    text = pchat.whole_repair_prompt({"C": {"reason": "missing_reason"}, "A": {"reason": "missing_trait"}})
+    assert "- Conscientiousness: a 'Probably low'" in text and "- Agreeableness: it has no line." in text
+    assert "Answer again for Conscientiousness, Agreeableness only" in text
+    with pytest.raises(ValueError, match="no failed traits"):
+        pchat.whole_repair_prompt({})
+    assert pchat.label_repair_prompt("missing_reason").startswith("That answer is not valid:")
 
 
 def _labels(**levels):
-    out = {t: {"label": "no_clues", "evidence": None} for t in pchat.TRAITS}
-    out.update({t: {"label": lvl, "evidence": FACTS[0]} for t, lvl in levels.items()})
+    out = {t: dict(NO) for t in pchat.TRAITS}
+    out.update({t: {"label": lvl, "reason": FACTS[0], "evidence": [FACTS[0]], "cites_fact": True}
+                for t, lvl in levels.items()})
     return out
 
 
@@ -386,10 +436,12 @@ def test_trait_label_messages_name_the_trait_and_list_the_facts():
 
 
 @pytest.mark.parametrize("reply,expected", [
-    ("No clues.", {"label": "no_clues", "evidence": None}),
+    ("No clues.", NO),
     ("\n**Extraversion:** Probably low, given \"knitting is my passion\"\nbecause...",
-     {"label": "low", "evidence": "Knitting is my passion."}),
-    ('Probably high, given "I love to bake cookies."', {"label": "high", "evidence": "I love to bake cookies."}),
+     {"label": "low", "reason": "\"knitting is my passion\"", "evidence": ["Knitting is my passion."],
+      "cites_fact": True}),
+    ("Probably high, because they knit and bake", {"label": "high", "reason": "they knit and bake",
+                                                    "evidence": [], "cites_fact": False}),
 ])
 def test_parse_trait_label(reply, expected):
     assert pchat.parse_trait_label(reply, TRAIT_FACTS, "E") == expected
@@ -397,7 +449,7 @@ def test_parse_trait_label(reply, expected):
 
 @pytest.mark.parametrize("reply,reason", [
     ("  \n ", "empty"), ("Openness: No clues.", "unknown_label"), ("Maybe.", "unknown_label"),
-    ("Probably high.", "missing_evidence"), ('Probably high, given "I hate cookies"', "bad_evidence"),
+    ("Probably high.", "missing_reason"), ("Probably high, given", "missing_reason"),
 ])
 def test_parse_trait_label_rejects(reply, reason):
     with pytest.raises(InvalidReply) as err:
@@ -405,19 +457,69 @@ def test_parse_trait_label_rejects(reply, reason):
     assert err.value.reason == reason
 
 
-def test_collect_labels_fills_unanswered_traits_with_no_clues():
+def test_collect_labels_per_trait_answers_and_rejects():
     personas = [{"id": "p1", "facts": TRAIT_FACTS}, {"id": "p2", "facts": ["I fish."]}]
-    answers = [{"persona": "p1", "trait": "E", "label": "low", "evidence": TRAIT_FACTS[1]},
-               {"persona": "p1", "trait": "O", "label": "no_clues", "evidence": None}]
-    out = pchat.collect_labels(personas, answers)
-    assert [o["answered"] for o in out] == [["O", "E"], []]
-    assert out[0]["labels"]["E"] == {"label": "low", "evidence": TRAIT_FACTS[1]}
+    records = pchat.trait_label_records(personas)
+    assert [r["id"] for r in records[:2]] == ["p1:O", "p1:C"] and len(records) == 10
+    low = {"label": "low", "reason": "knitting", "evidence": [TRAIT_FACTS[1]], "cites_fact": True}
+    answers = [{"id": "p1:E", "persona": "p1", "trait": "E", **low, "repairs": 1},
+               {"id": "p1:O", "persona": "p1", "trait": "O", **NO, "repairs": 0}]
+    out = pchat.collect_labels(personas, answers, rejects=[{"id": "p2:N", "reason": "unknown_label"}])
+    assert [o["answered"] for o in out] == [["O", "E"], []] and out[0]["rescued"] == ["E"]
+    assert out[0]["labels"]["E"] == low and out[1]["failed"] == {"N": "unknown_label"}
     assert {o["labels"]["C"]["label"] for o in out} == {"no_clues"}
-    whole = pchat.collect_labels(personas[1:], [{"id": "p2", "labels": {t: {"label": "high", "evidence": "I fish."}
-                                                                        for t in pchat.TRAITS}}])
-    assert whole[0]["answered"] == list(pchat.TRAITS) and whole[0]["labels"]["N"]["label"] == "high"
+    summary = pchat.label_summary(out)
+    assert summary["traits_asked"] == 10 and summary["traits_answered"] == 2
+    assert summary["traits_rescued_by_repair"] == 1 and summary["traits_failed"] == 1
+    assert summary["repair_rescue_rate"] == 0.5 and summary["level_labels_citing_fact"] == 1
     with pytest.raises(ValueError, match="bad trait 'X'"):
         pchat.collect_labels(personas, [{"persona": "p1", "trait": "X", "label": "low"}])
+
+
+class ScriptedTeacher:
+    """A teacher whose first reply gets Conscientiousness wrong and leaves out Neuroticism; a repair fixes C only."""
+
+    name = "scripted"
+
+    def __init__(self):
+        self.chats = []
+
+    def generate(self, prompts, sampling):
+        self.chats += prompts
+        replies = []
+        for chat in prompts:
+            if len(chat) == 1:
+                replies.append("Openness: No clues.\nConscientiousness: Probably low.\nExtraversion: Probably high, "
+                               "given their taste in pop music\nAgreeableness: No clues.")
+            else:
+                replies.append("Conscientiousness: Probably low, given I love spending money.\n"
+                               "Openness: Probably high, given nothing")  # O was not asked again: ignored
+        return replies
+
+
+def test_whole_mode_repairs_only_the_failed_traits_and_resumes(tmp_path):
+    from lib.teacher import Sampling
+
+    personas = [{"id": "p1", "facts": FACTS}]
+    teacher = ScriptedTeacher()
+    answers, rejects = tmp_path / "answers.jsonl", tmp_path / "rejects.jsonl"
+    run = pchat.label_whole(personas, pchat.DEFAULT_LABEL_TEMPLATE, teacher, Sampling(), answers, rejects,
+                            max_repairs=2)
+    # round 0 asks five traits, C and N fail; round 1 asks C and N, N fails again; round 2 asks N alone
+    assert [r["asked_traits"] for r in run["rounds"]] == [5, 2, 1]
+    repair = teacher.chats[1]
+    assert [m["role"] for m in repair] == ["user", "assistant", "user"]
+    assert "Conscientiousness, Neuroticism only" in repair[-1]["content"]
+    labelled = pchat.collect_labels(personas, read_jsonl(answers))
+    (out,) = labelled
+    assert out["answered"] == ["O", "C", "E", "A"] and out["rescued"] == ["C"] and out["failed"] == {
+        "N": "missing_trait"}
+    assert out["labels"]["O"] == NO  # the repair's unasked "Openness: Probably high" did not overwrite it
+    assert out["labels"]["E"]["label"] == "high" and not out["labels"]["E"]["cites_fact"]
+    assert out["labels"]["C"]["evidence"] == ["I love spending money."] and out["labels"]["N"] == NO
+    again = pchat.label_whole(personas, pchat.DEFAULT_LABEL_TEMPLATE, teacher, Sampling(), answers, rejects,
+                              max_repairs=2)  # a rerun finds every round on disk
+    assert len(teacher.chats) == 3 and all(r["skipped"] == 1 for r in again["rounds"])
 
 
 def test_convai2_sides_are_joined_into_two_persona_dialogues(tmp_path):

@@ -10,7 +10,15 @@ from lib.pchat import dialogue_stats as ds
 
 def test_words_keep_contractions_and_drop_punctuation():
     assert ds.words("Hey there ! I'm 42… don’t-stop") == ["hey", "there", "i'm", "42", "don't", "stop"]
-    assert ds.words("Hi!! I'm.", with_punctuation=True) == ["hi", "!", "!", "i'm", "."]
+
+
+def test_one_tokenisation_punctuation_never_counts():
+    """MTLD is lexical: PersonaChat's detached " ." and " !" must not change it (they once could, on request)."""
+    spaced, joined = ["hey there ! i'm a nurse .", "cool , i bake ."], ["Hey there! I'm a nurse.", "Cool, I bake."]
+    assert ds.mtld(spaced) == ds.mtld(joined) and ds.ttr(spaced) == ds.ttr(joined)
+    assert ds.response_metrics(spaced, joined) == ds.response_metrics(joined, joined)
+    with pytest.raises(TypeError):
+        ds.words("Hi!", with_punctuation=True)
 
 
 def test_ttr_and_mtld_by_hand():
@@ -20,7 +28,6 @@ def test_ttr_and_mtld_by_hand():
     # "a b c d a": no full factor; the remainder has TTR 0.8, worth (1 - 0.8) / (1 - 0.72) of a factor, both ways.
     assert ds.mtld(["a b c d a"]) == pytest.approx(5 / (0.2 / 0.28))
     assert ds.mtld(["I'm, I'm"]) == pytest.approx(2.0)  # "i'm" is one word, not "i" "m"
-    assert ds.mtld(["a . a"], with_punctuation=True) == pytest.approx(3.0)
     with pytest.raises(ValueError, match="mtld: the 2 texts contain no words"):
         ds.mtld(["!!", "..."])
     with pytest.raises(ValueError, match=r"MTLD threshold must be in \(0, 1\)"):
@@ -80,9 +87,11 @@ def test_markers_need_no_network(monkeypatch):
     ds._empath.cache_clear()
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    m = ds.markers(["Great, I love it! How are you?", "no."])
-    assert m["words"] == 4.0 and m["question_rate"] == 0.5 and m["vader_compound"] > 0
-    assert set(m) >= {"first_person_rate", "vader_neg", "empath_positive_emotion", "empath_party"}
+    m = ds.reply_markers("Great, I love it! How are you?")
+    assert m["words"] == 7.0 and m["question_rate"] == 1.0 and m["vader_compound"] > 0
+    assert m["first_person_rate"] == pytest.approx(1 / 7)
+    assert set(m) >= {"empath_positive_emotion", "empath_party"}
+    assert ds.reply_markers("...")["first_person_rate"] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,7 +135,12 @@ def test_dataset_stats_row():
     row = ds.dataset_stats([_dialogue()], fake_encode, mcn_threshold=0.6)
     assert row == {"dialogues": 1, "utterances": 4, "turns_per_dialogue": 4.0, "words_per_turn": (5 + 3 + 2 + 3) / 4,
                    "mtld": pytest.approx(ds.mtld([t["text"] for t in _dialogue()["turns"]])),
-                   "mcn": pytest.approx(1 / 3)}
+                   "mcn": pytest.approx(1 / 3), "mcn_dialogues": 1}
+    texts = [t["text"] for t in _dialogue()["turns"]]
+    assert ds.dataset_stats([_dialogue()], mtld_threshold=0.5)["mtld"] == pytest.approx(ds.mtld(texts, 0.5))
+    two = ds.dataset_stats([_dialogue(), {**_dialogue(), "id": "e", "turns": _dialogue()["turns"][2:]}], fake_encode,
+                           mcn_threshold=0.6, mcn_dialogues=1)
+    assert two["dialogues"] == 2 and two["mcn_dialogues"] == 1 and two["mcn"] == pytest.approx(1 / 3)
     assert "mcn" not in ds.dataset_stats([_dialogue()])
     with pytest.raises(ValueError, match="MCN needs mcn_threshold"):
         ds.dataset_stats([_dialogue()], fake_encode)
@@ -136,32 +150,57 @@ def test_dataset_stats_row():
 # Trait control
 
 
-def _generations():
-    return [{"trait": "E", "level": "high", "text": "Great party! Who else is coming?"},
-            {"trait": "E", "level": "high", "text": "I love it!"},
-            {"trait": "E", "level": "low", "text": "No."},
-            {"trait": "O", "level": "high", "text": "Art is wonderful."},
-            {"trait": "O", "level": "low", "text": "The same as always, I am sad."}]
+def _probe(model, cid, seed, trait, level, text):
+    return {"model": model, "id": cid, "turn": 1, "seed": seed, "trait": trait, "level": level, "text": text}
 
 
-def test_trait_marker_differences_and_signs():
-    diffs = ds.trait_marker_differences(_generations(), empath_categories=["party"])
-    assert list(diffs) == ["O", "E"]
-    e = diffs["E"]
-    assert (e["n_high"], e["n_low"]) == (2, 1)
-    assert e["diff"]["words"] == pytest.approx((6 + 3) / 2 - 1)
-    assert e["diff"]["question_rate"] == 0.5
-    assert e["diff"]["empath_party"] == pytest.approx((1 / 6) / 2)
-    assert diffs["O"]["diff"]["words"] == -4.0 and diffs["O"]["diff"]["vader_compound"] > 0
-    agree = ds.sign_agreement(diffs)
-    assert agree == {"O": {"words": False, "vader_compound": True, "question_rate": None},
-                     "E": {"words": True, "vader_compound": True, "question_rate": True}}
+def test_paired_differences_pair_by_context_and_seed():
+    probes = [_probe("PT", "d1", 0, "E", "high", "Great party! Who else is coming?"),
+              _probe("PT", "d1", 0, "E", "low", "No."),
+              _probe("PT", "d1", 1, "E", "low", "I stay home."),
+              _probe("PT", "d1", 1, "E", "high", "I love it!")]
+    diffs = ds.paired_differences(probes, empath_categories=["party"])
+    assert [(d["seed"], d["words"]) for d in diffs] == [(0, 6 - 1), (1, 3 - 3)]
+    assert diffs[0]["question_rate"] == 1.0 and diffs[0]["empath_party"] == pytest.approx(1 / 6)
+    assert diffs[1]["first_person_rate"] == pytest.approx(1 / 3 - 1 / 3)
+    with pytest.raises(ValueError, match="has no 'low' reply"):
+        ds.paired_differences(probes[:1])
+    with pytest.raises(ValueError, match="a second 'high' reply"):
+        ds.paired_differences(probes + probes[:1])
+    with pytest.raises(ValueError, match="probe 0: trait 'X' / level 'high'"):
+        ds.paired_differences([{**probes[0], "trait": "X"}])
+    with pytest.raises(ValueError, match=r"missing \['seed'\]"):
+        ds.paired_differences([{k: v for k, v in probes[0].items() if k != "seed"}])
 
 
-def test_trait_marker_differences_errors():
-    with pytest.raises(ValueError, match="trait O: no generations at level 'low'"):
-        ds.trait_marker_differences([g for g in _generations() if g["level"] == "high"])
-    with pytest.raises(ValueError, match="generation 0: trait 'X' / level 'high'"):
-        ds.trait_marker_differences([{"trait": "X", "level": "high", "text": "x"}])
-    with pytest.raises(ValueError, match=r"no measured difference for markers \['length'\]"):
-        ds.sign_agreement({"E": {"diff": {"words": 1.0}}}, expected={"E": {"length": 1}})
+def test_t_interval_by_hand():
+    lo, hi = ds.t_interval([1.0, 2.0, 3.0])
+    half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t(0.975, df 2) x sd 1 / sqrt(3)
+    assert (lo, hi) == (pytest.approx(2 - half), pytest.approx(2 + half))
+    assert all(math.isnan(v) for v in ds.t_interval([5.0]))
+
+
+def test_control_summary_intervals_are_over_contexts_not_pairs():
+    """Seeds of one context are averaged first: ten seeds of two contexts are two units, not twenty."""
+    words = {"c1": (6, 4), "c2": (9, 3)}  # (high, low) word counts, the same under every seed
+    probes = [_probe("PT", cid, seed, "E", level, " ".join(["word"] * n))
+              for cid, (high, low) in words.items() for seed in range(10)
+              for level, n in (("high", high), ("low", low))]
+    (row,) = [r for r in ds.control_summary(ds.paired_differences(probes)) if r["marker"] == "words"]
+    assert row["diff"] == pytest.approx(4.0) and (row["contexts"], row["pairs"]) == (2, 20)
+    half = 12.706204736174707 * math.sqrt(8) / math.sqrt(2)  # t(0.975, df 1) x sd of (2, 6) / sqrt(2)
+    assert (row["low"], row["high"]) == (pytest.approx(4 - half), pytest.approx(4 + half))
+    assert row["paper_sign"] == 1 and row["verdict"] == "n.s."
+
+
+def test_control_summary_verdicts():
+    def probes(trait, shift):  # high replies `shift` words longer than low, over four contexts
+        return [_probe("PT", f"c{i}", 0, trait, level, " ".join(["word"] * n))
+                for i in range(4) for level, n in (("high", 5 + i + shift), ("low", 5 + i + (i % 2)))]
+
+    rows = ds.control_summary(ds.paired_differences(probes("E", 3) + probes("O", -3) + probes("N", 3)),
+                              markers=["words"])
+    verdict = {r["trait"]: r["verdict"] for r in rows}
+    assert verdict == {"E": "agrees", "O": "opposes", "N": None}  # the paper states no sign for N
+    single = ds.control_summary(ds.paired_differences(probes("E", 3)[:2]), markers=["words"])
+    assert single[0]["contexts"] == 1 and single[0]["verdict"] is None and math.isnan(single[0]["low"])

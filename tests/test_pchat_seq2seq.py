@@ -61,3 +61,71 @@ def test_bad_rows_and_missing_adapter(tiny_t5, tmp_path):
         seq2seq.seq2seq_sft(tiny_t5, ROWS, None, tmp_path, LORA, {**args(1), "output_dir": "x"})
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
         seq2seq.load_seq2seq(tiny_t5, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenizers that add their own EOS (BART: <s> ... </s>; T5: ... </s>)
+
+
+@pytest.fixture(scope="module")
+def tiny_bart(tmp_path_factory):
+    """The paper run's stand-in for facebook/bart-base: a real BartTokenizerFast (it adds <s> and </s> itself)."""
+    from tests.standins.hub_cache import build_bart
+
+    return build_bart(tmp_path_factory.mktemp("tiny_bart"))
+
+
+def test_labels_end_in_exactly_one_eos(tiny_bart, tiny_t5):
+    from transformers import AutoTokenizer
+
+    bart, plain = AutoTokenizer.from_pretrained(tiny_bart), AutoTokenizer.from_pretrained(tiny_t5)
+    assert bart("I love walks")["input_ids"][-1] == bart.eos_token_id  # this tokenizer appends EOS itself ...
+    assert plain("I love walks")["input_ids"][-1] != plain.eos_token_id  # ... this one does not
+    for tok in (bart, plain):
+        for max_target_length in (64, 4):
+            (row,) = seq2seq.tokenize_seq2seq(tok, [{"source": "hi", "target": "I love long walks by the river."}],
+                                              max_source_length=32, max_target_length=max_target_length)
+            labels = row["labels"]
+            assert labels[-1] == tok.eos_token_id and labels.count(tok.eos_token_id) == 1, labels
+            assert len(labels) <= max_target_length
+    (row,) = seq2seq.tokenize_seq2seq(bart, [{"source": "hi", "target": "I love walks"}], 32, 64)
+    assert row["labels"] == bart(text_target="I love walks")["input_ids"]  # <s> ... </s>, as BART was trained
+
+
+def direct_seq2seq_nll(model, tok, row):
+    """Summed NLL and count of the reply tokens and the EOS of one target (the leading <s> is not scored)."""
+    import torch
+
+    labels = tok(text_target=row["target"])["input_ids"]
+    assert labels[0] == tok.bos_token_id and labels[-1] == tok.eos_token_id
+    enc = tok(row["source"], return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**enc, labels=torch.tensor([labels])).logits[0]
+    logp = torch.log_softmax(logits.float(), -1)
+    picked = logp[torch.arange(len(labels)), torch.tensor(labels)][1:]
+    return -float(picked.sum()), len(picked)
+
+
+def test_seq2seq_perplexity_counts_reply_tokens_and_one_eos(tiny_bart):
+    model, tok = seq2seq.load_seq2seq(tiny_bart)
+    nll, n = map(sum, zip(*(direct_seq2seq_nll(model, tok, r) for r in ROWS[:3])))
+    expected = math.exp(nll / n)
+    for batch_size in (1, 3):
+        assert perplexity.seq2seq_perplexity(model, tok, ROWS[:3], batch_size=batch_size) == pytest.approx(
+            expected, rel=1e-4)
+
+
+def test_base_eval_loss_is_the_untrained_models_held_out_loss(tiny_t5, tmp_path):
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq
+
+    metrics = seq2seq.seq2seq_sft(tiny_t5, ROWS, ROWS[:2], tmp_path, LORA, args(6))
+    tok = AutoTokenizer.from_pretrained(tiny_t5)
+    base = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5).eval()
+    batch = DataCollatorForSeq2Seq(tok, model=base, label_pad_token_id=-100)(
+        seq2seq.tokenize_seq2seq(tok, ROWS[:2], 512, 64))
+    with torch.no_grad():
+        expected = float(base(**batch).loss)
+    assert metrics["base_eval_loss"] == pytest.approx(expected, rel=1e-4)
+    assert metrics["eval_loss"] < metrics["base_eval_loss"]  # the adapter learned the held-out rows' pattern
+    assert "base_eval_loss" not in seq2seq.seq2seq_sft(tiny_t5, ROWS, None, tmp_path / "no_eval", LORA, args(1))

@@ -3,7 +3,9 @@
 Perplexity is exp(mean negative log-likelihood per token of the references), pooled over every reference token of
 a test set (not a mean of per-response perplexities). For a decoder-only chat model the reference is scored as the
 assistant turn after the chat's prompt, exactly the tokens its SFT loss covered (the reply and the end-of-turn
-marker); for an encoder-decoder, as the decoder's labels given the source (lib/pchat/seq2seq.py's formatting).
+marker); for an encoder-decoder, as the decoder's labels given the source (lib/pchat/seq2seq.py's formatting): the
+reply and its one EOS, not a BOS the tokenizer puts first (BART's <s>), which follows the decoder's start token in
+every target and so costs nothing to predict.
 
     ppl = causal_perplexity(model, tokenizer, chats, references)
     ppl = seq2seq_perplexity(model, tokenizer, [{"source": ..., "target": ...}, ...])
@@ -62,22 +64,30 @@ def causal_perplexity(model, tokenizer, chats: list[list[dict]], references: lis
 
 def seq2seq_perplexity(model, tokenizer, rows: list[dict], batch_size: int = 8, max_source_length: int = 512,
                        max_target_length: int = 64) -> float:
-    """exp(mean token negative log-likelihood of the targets given their sources), over all target tokens."""
+    """exp(mean token negative log-likelihood of the targets given their sources), over the reply tokens and EOS of
+    every target (a leading BOS is fed to the decoder but not scored)."""
     import torch
 
     rows = check_seq2seq_rows(rows, "perplexity")
     total_nll, total_tokens = 0.0, 0
+    device = next(model.parameters()).device
     for lo in range(0, len(rows), batch_size):
         batch = tokenize_seq2seq(tokenizer, rows[lo:lo + batch_size], max_source_length, max_target_length)
         width = max(len(b["input_ids"]) for b in batch)
         label_width = max(len(b["labels"]) for b in batch)
-        ids = torch.tensor([b["input_ids"] + [tokenizer.pad_token_id] * (width - len(b["input_ids"])) for b in batch])
-        mask = torch.tensor([[1] * len(b["input_ids"]) + [0] * (width - len(b["input_ids"])) for b in batch])
-        labels = torch.tensor([b["labels"] + [-100] * (label_width - len(b["labels"])) for b in batch])
+        ids = torch.tensor([b["input_ids"] + [tokenizer.pad_token_id] * (width - len(b["input_ids"])) for b in batch],
+                           device=device)
+        mask = torch.tensor([[1] * len(b["input_ids"]) + [0] * (width - len(b["input_ids"])) for b in batch],
+                            device=device)
+        labels = torch.tensor([b["labels"] + [-100] * (label_width - len(b["labels"])) for b in batch], device=device)
         with torch.inference_mode():
             logits = model(input_ids=ids, attention_mask=mask, labels=labels).logits
-        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+        scored = labels.clone()
+        if tokenizer.bos_token_id is not None:
+            first = scored[:, 0]
+            scored[:, 0] = torch.where(first == tokenizer.bos_token_id, torch.full_like(first, -100), first)
+        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), scored.flatten(), ignore_index=-100,
                                                 reduction="sum")
         total_nll += float(nll)
-        total_tokens += int((labels != -100).sum())
+        total_tokens += int((scored != -100).sum())
     return math.exp(total_nll / total_tokens)

@@ -74,13 +74,24 @@ def check_seq2seq_rows(rows: list[dict], split: str) -> list[dict]:
     return clean
 
 
+def target_ids(tokenizer, text: str, max_length: int) -> list[int]:
+    """Label ids of one target: the tokenizer's own special tokens around the text (BART: <s> ... </s>, T5:
+    ... </s>), truncated to `max_length`, ending in exactly one EOS (appended only by tokenizers that add none)."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no EOS token; a seq2seq target must end in one")
+    ids = tokenizer(text_target=text, truncation=True, max_length=max_length)["input_ids"]
+    if not ids or ids[-1] != eos:
+        ids = ids[:max_length - 1] + [eos]
+    return ids
+
+
 def tokenize_seq2seq(tokenizer, rows: list[dict], max_source_length: int, max_target_length: int) -> list[dict]:
-    """input_ids/attention_mask of the source and labels of the target, each truncated (the EOS kept)."""
+    """input_ids/attention_mask of the source and labels of the target (see target_ids), each truncated."""
     out = []
     for row in rows:
         source = tokenizer(row["source"], truncation=True, max_length=max_source_length)
-        target = tokenizer(row["target"], truncation=True, max_length=max_target_length - 1)["input_ids"]
-        out.append({**source, "labels": target + [tokenizer.eos_token_id]})
+        out.append({**source, "labels": target_ids(tokenizer, row["target"], max_target_length)})
     return out
 
 
@@ -89,7 +100,9 @@ def seq2seq_sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[
     """LoRA fine-tuning of an encoder-decoder on {"source", "target"} rows; resumes after a kill.
 
     `lora` holds peft.LoraConfig names, `args` transformers.Seq2SeqTrainingArguments names. Writes
-    out_dir/checkpoints, out_dir/adapter and out_dir/train_metrics.json, like lib.train.sft.
+    out_dir/checkpoints, out_dir/adapter and out_dir/train_metrics.json, like lib.train.sft. With eval rows, the
+    metrics hold the held-out loss of the trained model ("eval_loss") and of the base with the adapter switched off
+    ("base_eval_loss").
     """
     train, evals = check_inputs(train_rows, eval_rows, args, check_seq2seq_rows)
     out_dir = Path(out_dir)
@@ -130,6 +143,8 @@ def seq2seq_sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[
                "peak_memory_mb": peak_memory_mb()}
     if evals:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        with model.disable_adapter():  # the untrained base on the same held-out rows, for comparison
+            metrics["base_eval_loss"] = trainer.evaluate(metric_key_prefix="base_eval")["base_eval_loss"]
     if train_loss is not None and not math.isfinite(train_loss):
         log.warning("train loss is not finite: %s", train_loss)
     write_train_metrics(out_dir, "train_metrics.json", metrics)
