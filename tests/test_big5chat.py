@@ -209,3 +209,15 @@ def test_released_rows_become_generations_that_pair_by_prompt(tmp_path):
     rows.drop(columns=["train_output"]).to_csv(tmp_path / "cols.csv", index=False)
     with pytest.raises(ValueError, match=r"missing columns \['train_output'\]"):
         big5chat.load_released(tmp_path / "cols.csv")
+
+
+def test_heldout_texts_per_trait_level_seeded_and_refused_when_nothing_would_train():
+    texts = pd.DataFrame({"trait": ["O"] * 6 + ["C"] * 3, "level": ["high", "low"] * 3 + ["high"] * 3,
+                          "text": [f"t{i}" for i in range(9)]})
+    mask = big5chat.heldout_texts(texts, 1, seed=0)
+    assert mask.groupby([texts.trait, texts.level]).sum().to_dict() == {("C", "high"): 1, ("O", "high"): 1,
+                                                                        ("O", "low"): 1}
+    assert mask.equals(big5chat.heldout_texts(texts, 1, seed=0))
+    assert not big5chat.heldout_texts(texts, 0).any()
+    with pytest.raises(ValueError, match="Conscientiousness - high: 3 texts, cannot hold out 3"):
+        big5chat.heldout_texts(texts, 3)

@@ -38,7 +38,8 @@ pytestmark = pytest.mark.e2e
 
 # Keys the overlay may change: sizes, and the endpoints the stand-ins serve.
 SIZE_KEY = re.compile(r"^(max_\w+|n_\w+|k_max|batch_size|loglik_batch_size|per_device_train_batch_size|"
-                      r"num_train_epochs|texts_per_expert|text_words|journal_words|sweep_scenarios|control_contexts)$")
+                      r"num_train_epochs|texts_per_expert|heldout_texts|text_words|journal_words|sweep_scenarios|"
+                      r"control_contexts)$")
 ENDPOINT_KEYS = {"base_url", "pullpush_url"}
 MODEL_KINDS = {"meta-llama/Meta-Llama-3-8B-Instruct": "causal", "microsoft/deberta-large": "encoder",
                "facebook/bart-base": "seq2seq", "sentence-transformers/all-MiniLM-L6-v2": "sentence"}

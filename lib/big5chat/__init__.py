@@ -204,6 +204,20 @@ def expert_rows(texts: list[str], trait: str, level: str, max_words: int | None 
     return rows
 
 
+def heldout_texts(texts: pd.DataFrame, n: int, seed: int = 0) -> pd.Series:
+    """A boolean mask over the expert texts (columns trait, level, text): `n` texts of every trait x level, drawn
+    with a seeded shuffle, are held out of expert training for the check that each expert learnt its level."""
+    if n < 0:
+        raise ValueError(f"the held-out count must be >= 0, got {n}")
+    mask = pd.Series(False, index=texts.index)
+    for (trait, level), group in texts.groupby(["trait", "level"], sort=True):
+        if n and len(group) <= n:
+            raise ValueError(f"{NAMES[trait]} - {level}: {len(group)} texts, cannot hold out {n} and still train; "
+                             f"raise scrape.big5chat.texts_per_expert or lower dexperts.expert.heldout_texts")
+        mask[group.sample(n=n, random_state=seed).index] = True
+    return mask
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Student training data
 

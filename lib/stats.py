@@ -1,0 +1,63 @@
+"""Intervals for the effects the notebooks report: a seeded percentile bootstrap, and what an interval lets one say.
+
+    lo, hi = bootstrap_ci(values)             # 95 % interval of the mean, 2,000 resamples, seed 0
+    summary = mean_ci(differences)            # {"mean", "lo", "hi", "n"}
+    direction(summary["lo"], summary["hi"])   # "positive" | "negative" | "cannot tell"
+
+The resampling unit is whatever `values` holds one entry per: a test dialogue, a scenario, a seed x context. Pass
+paired differences (e.g. high-level minus low-level score of the same scenario) to get the interval of an effect.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+DIRECTIONS = ("positive", "negative", "cannot tell")
+
+
+def bootstrap_ci(values: Sequence[float], stat: Callable = np.mean, n_boot: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of `stat` over `values` (NaNs dropped); (nan, nan) for fewer than two values,
+    where there is no spread to resample (a verdict from it is then "cannot tell")."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    resamples = x[rng.integers(0, len(x), size=(n_boot, len(x)))]
+    stats = np.apply_along_axis(stat, 1, resamples) if stat is not np.mean else resamples.mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
+
+
+def mean_ci(values: Sequence[float], **kwargs) -> dict:
+    """{"mean", "lo", "hi", "n"}: the mean of the non-NaN values with its bootstrap interval (kwargs as bootstrap_ci)."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    lo, hi = bootstrap_ci(x, **kwargs)
+    return {"mean": float(x.mean()) if len(x) else float("nan"), "lo": lo, "hi": hi, "n": int(len(x))}
+
+
+def direction(lo: float, hi: float) -> str:
+    """What an interval of an effect says: "positive" (all above 0), "negative" (all below) or "cannot tell"."""
+    if np.isnan(lo) or np.isnan(hi):
+        return "cannot tell"
+    if lo > hi:
+        raise ValueError(f"interval is reversed: lo {lo} > hi {hi}")
+    return "positive" if lo > 0 else "negative" if hi < 0 else "cannot tell"
+
+
+def verdict(lo: float, hi: float, expected: str = "positive") -> str:
+    """The paper's direction against an interval: "as the paper, beyond the interval", "reversed, beyond the interval"
+    or "cannot be told at this scale" (the interval covers 0). `expected` is the sign the paper reports."""
+    if expected not in DIRECTIONS[:2]:
+        raise ValueError(f"expected must be 'positive' or 'negative', got {expected!r}")
+    seen = direction(lo, hi)
+    if seen == "cannot tell":
+        return "cannot be told at this scale"
+    return "as the paper, beyond the interval" if seen == expected else "reversed, beyond the interval"
