@@ -401,7 +401,8 @@ def direction_summary(vs_baseline: dict, systems: list[str], n_dialogues: int, c
     level = f"{confidence_level:.0%}"
     detail = "; ".join(f"{s} − {baseline} = {vs_baseline[s]['diff']:+.3f} [{vs_baseline[s]['ci'][0]:+.3f}, "
                        f"{vs_baseline[s]['ci'][1]:+.3f}]" for s in systems)
-    where = f"paired bootstrap over {n_dialogues} test dialogues, {level} intervals: {detail}"
+    dialogues = f"{n_dialogues} test dialogue{'' if n_dialogues == 1 else 's'}"
+    where = f"paired bootstrap over {dialogues}, {level} intervals: {detail}"
     names = " and ".join(systems)
     if len(set(verdicts.values())) > 1:
         parts = ", ".join(f"{v} for {s}" for s, v in verdicts.items())

@@ -40,7 +40,7 @@ def mean_ci(values: Sequence[float], **kwargs) -> dict:
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x)]
     lo, hi = bootstrap_ci(x, **kwargs)
-    return {"mean": float(x.mean()) if len(x) else float("nan"), "lo": lo, "hi": hi, "n": int(len(x))}
+    return {"mean": float(x.mean()) if len(x) else float("nan"), "lo": lo, "hi": hi, "n": len(x)}
 
 
 def direction(lo: float, hi: float) -> str:
