@@ -336,15 +336,6 @@ def percentile_interval(replicates, confidence_level: float) -> tuple[float, flo
     return float(lo), float(hi)
 
 
-def direction_verdict(low: float, high: float) -> str:
-    """Whether a difference's interval lies above zero ("appears"), below it ("reversed"), or straddles it."""
-    if low > 0:
-        return "appears"
-    if high < 0:
-        return "reversed"
-    return "cannot be told"
-
-
 def trait_capture_bootstrap(systems: dict, true_by_author: dict, threshold: float, baseline: str,
                             n_resamples: int, confidence_level: float, seed: int) -> dict:
     """JIC trait capture per system with percentile bootstrap intervals over test dialogues, and paired differences.
@@ -360,6 +351,11 @@ def trait_capture_bootstrap(systems: dict, true_by_author: dict, threshold: floa
     dialogues = sorted({str(d) for _, ids, _ in systems.values() for d in ids})
     index = {d: i for i, d in enumerate(dialogues)}
     counts = dialogue_weights(dialogues, n_resamples, seed)            # (B, dialogues): one draw for every system
+
+    def interval(replicates) -> tuple[float, float]:
+        # one dialogue leaves nothing to resample: no interval (NaN), hence no verdict, as in lib.stats.bootstrap_ci
+        return percentile_interval(replicates, confidence_level) if len(dialogues) > 1 else (float("nan"),) * 2
+
     per_trait, point = {}, {}
     for name, (probs, ids, authors) in systems.items():
         rows = [index[str(d)] for d in ids]
@@ -373,16 +369,15 @@ def trait_capture_bootstrap(systems: dict, true_by_author: dict, threshold: floa
             "per_trait": {t: float(point[name][j]) for j, t in enumerate(TRAITS)},
             "mean": float(point[name].mean()),
             "n": len(set(map(str, systems[name][2]))),
-            "per_trait_ci": {t: list(percentile_interval(reps[:, j], confidence_level)) for j, t in enumerate(TRAITS)},
-            "mean_ci": list(percentile_interval(reps.mean(axis=1), confidence_level)),
+            "per_trait_ci": {t: list(interval(reps[:, j])) for j, t in enumerate(TRAITS)},
+            "mean_ci": list(interval(reps.mean(axis=1))),
         }
     for name, reps in per_trait.items():
         if name == baseline:
             continue
         diff = reps.mean(axis=1) - per_trait[baseline].mean(axis=1)
-        lo, hi = percentile_interval(diff, confidence_level)
-        out["vs_baseline"][name] = {"diff": float(point[name].mean() - point[baseline].mean()), "ci": [lo, hi],
-                                    "verdict": direction_verdict(lo, hi)}
+        lo, hi = interval(diff)
+        out["vs_baseline"][name] = {"diff": float(point[name].mean() - point[baseline].mean()), "ci": [lo, hi]}
     out["replicates"] = {name: reps.mean(axis=1) for name, reps in per_trait.items()}  # for figures; not for JSON
     return out
 
@@ -391,7 +386,8 @@ def direction_summary(vs_baseline: dict, systems: list[str], n_dialogues: int, c
                       baseline: str = "base") -> tuple[str, str]:
     """(verdict, sentence) on the paper's direction, that `systems` capture the author's traits better than `baseline`.
 
-    The verdict is the systems' common `direction_verdict` ("appears", "reversed", "cannot be told"), or "mixed"."""
+    `vs_baseline[s]["verdict"]` is what the paired interval says (lib.stats.verdict, attached by the notebook); the
+    verdict returned is the systems' common one, or "mixed"."""
     if not systems:
         raise ValueError("direction_summary: no systems to compare with the baseline")
     missing = [s for s in systems if s not in vs_baseline]
@@ -400,7 +396,7 @@ def direction_summary(vs_baseline: dict, systems: list[str], n_dialogues: int, c
     verdicts = {s: vs_baseline[s]["verdict"] for s in systems}
     level = f"{confidence_level:.0%}"
     detail = "; ".join(f"{s} − {baseline} = {vs_baseline[s]['diff']:+.3f} [{vs_baseline[s]['ci'][0]:+.3f}, "
-                       f"{vs_baseline[s]['ci'][1]:+.3f}]" for s in systems)
+                       f"{vs_baseline[s]['ci'][1]:+.3f}]" for s in systems).replace("[+nan, +nan]", "(no interval)")
     dialogues = f"{n_dialogues} test dialogue{'' if n_dialogues == 1 else 's'}"
     where = f"paired bootstrap over {dialogues}, {level} intervals: {detail}"
     names = " and ".join(systems)
@@ -409,12 +405,15 @@ def direction_summary(vs_baseline: dict, systems: list[str], n_dialogues: int, c
         return "mixed", f"The paper's direction is mixed here ({parts}; {where})."
     verdict = next(iter(verdicts.values()))
     sentence = {
-        "appears": f"The paper's direction appears beyond the interval: {names} capture the author's traits "
-                   f"better than {baseline} ({where}).",
-        "reversed": f"The paper's direction is reversed: {names} capture the author's traits worse than "
-                    f"{baseline}, beyond the interval ({where}).",
-        "cannot be told": f"The paper's direction cannot be told at this scale: every interval of {names} "
-                          f"minus {baseline} includes 0 ({where}).",
+        "as the paper, beyond the interval":
+            f"The paper's direction appears beyond the interval: {names} capture the author's traits better than "
+            f"{baseline} ({where}).",
+        "reversed, beyond the interval":
+            f"The paper's direction is reversed: {names} capture the author's traits worse than {baseline}, beyond "
+            f"the interval ({where}).",
+        "cannot be told at this scale":
+            f"The paper's direction cannot be told at this scale: no interval of {names} minus {baseline} lies "
+            f"clear of 0 ({where}).",
     }[verdict]
     return verdict, sentence
 
