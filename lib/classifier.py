@@ -2,7 +2,10 @@
 
 Two backends share one interface (fit / predict_proba / predict / save / load):
 - "embedding_logreg" (cpu and tiny profiles): frozen sentence embeddings from lib.embed, one scikit-learn
-  LogisticRegression per trait. Cheap, deterministic, good enough to exercise the pipeline.
+  LogisticRegression per trait. Cheap and deterministic. With `long_texts`, a text is embedded as the mean of its
+  windows of max_seq_length tokens (lib.embed.embed_long) instead of its first window only: an Essays text is
+  ~650 words, three to four windows. With a list of C values, each trait's C is chosen by cross-validation on the
+  training texts; with `calibrate`, each trait's decision threshold is set on a validation share of them.
 - "finetune" (paper setting): JIC fine-tunes an encoder on PANDORA as a 5-way multi-label problem (label = trait
   score > 40, decision threshold 0.4, lr 2e-5, batch 16, 5 epochs) with AutoModelForSequenceClassification and
   the transformers Trainer.
@@ -82,7 +85,8 @@ class TraitClassifier:
 
     def __init__(self, encoder_path: str | Path, backend: str = "embedding_logreg", threshold: float | None = None,
                  C: float = 1.0, class_weight: str | None = "balanced", max_seq_length: int = 256,
-                 lr: float = 2e-5, batch_size: int = 16, epochs: int = 5, seed: int = 0):
+                 lr: float = 2e-5, batch_size: int = 16, epochs: int = 5, seed: int = 0,
+                 long_texts: bool = False, calibrate: float | None = None, tfidf: bool = False):
         if backend not in BACKENDS:
             raise ValueError(f"unknown classifier backend {backend!r}; expected one of {BACKENDS}")
         self.encoder_path = str(encoder_path)
@@ -91,6 +95,15 @@ class TraitClassifier:
         self.threshold = threshold if threshold is not None else (0.4 if backend == "finetune" else 0.5)
         self.C, self.class_weight, self.max_seq_length = C, class_weight, max_seq_length
         self.lr, self.batch_size, self.epochs, self.seed = lr, batch_size, epochs, seed
+        if long_texts and backend != "embedding_logreg":
+            raise ValueError("long_texts applies to the embedding_logreg backend only")
+        if calibrate is not None and not 0 < calibrate < 1:
+            raise ValueError(f"calibrate is the validation share of the training texts, in (0, 1); got {calibrate}")
+        if tfidf and backend != "embedding_logreg":
+            raise ValueError("tfidf applies to the embedding_logreg backend only")
+        self.long_texts, self.calibrate, self.tfidf = long_texts, calibrate, tfidf
+        self.vectorizer = None  # with tfidf: the fitted TfidfVectorizer
+        self.thresholds: list[float] | None = None  # per trait, when calibrated; else the one threshold
         self.models: list | None = None  # logreg: one LogisticRegression per trait
         self.model = None  # finetune: the sequence-classification model
         self.tokenizer = None
@@ -108,18 +121,55 @@ class TraitClassifier:
             self._fit_finetune(texts, y)
         return self
 
+    def _embed(self, texts: list[str]):
+        """The features of texts: the sentence embedding, and with tfidf its word uni- and bigram TF-IDF beside it."""
+        from lib.embed import embed, embed_long
+
+        fn = embed_long if self.long_texts else embed
+        X = fn(texts, self.encoder_path, max_seq_length=self.max_seq_length)
+        if not self.tfidf:
+            return X
+        from scipy.sparse import csr_matrix, hstack
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        if self.vectorizer is None:  # fitted on the training texts, then fixed
+            self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=3, sublinear_tf=True, max_features=50_000)
+            self.vectorizer.fit(texts)
+        return hstack([csr_matrix(X), self.vectorizer.transform(texts)]).tocsr()
+
     def _fit_logreg(self, texts: list[str], y: np.ndarray) -> None:
         from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
 
-        from lib.embed import embed
-
-        X = embed(texts, self.encoder_path, max_seq_length=self.max_seq_length)
-        self.models = []
+        self.vectorizer = None  # a refit learns its vocabulary afresh
+        X = self._embed(texts)
+        grid = list(self.C) if isinstance(self.C, (list, tuple)) else [self.C]
+        self.models, self.chosen_C, self.thresholds = [], [], [] if self.calibrate else None
         for j, trait in enumerate(TRAITS):
             if len(np.unique(y[:, j])) < 2:
                 raise ValueError(f"fit: trait {trait} has a single class ({y[0, j]}) in the training labels")
-            clf = LogisticRegression(C=self.C, class_weight=self.class_weight, max_iter=2000, random_state=self.seed)
-            self.models.append(clf.fit(X, y[:, j]))
+
+            def model(c: float) -> LogisticRegression:
+                return LogisticRegression(C=c, class_weight=self.class_weight, max_iter=2000, random_state=self.seed)
+
+            best = grid[0]
+            if len(grid) > 1:  # C by 5-fold cross-validated accuracy on the training texts
+                folds = StratifiedKFold(5, shuffle=True, random_state=self.seed)
+                cv = [cross_val_score(model(c), X, y[:, j], cv=folds, scoring="accuracy").mean() for c in grid]
+                best = grid[int(np.argmax(cv))]
+            self.chosen_C.append(float(best))
+            if self.calibrate:  # the threshold that is most accurate on a held-out share of the training texts
+                X_fit, X_val, y_fit, y_val = train_test_split(X, y[:, j], test_size=self.calibrate,
+                                                              random_state=self.seed, stratify=y[:, j])
+                p_val = model(best).fit(X_fit, y_fit).predict_proba(X_val)[:, 1]
+                candidates = np.round(np.arange(0.30, 0.701, 0.01), 2)
+                accuracy = [((p_val >= t) == y_val).mean() for t in candidates]
+                self.thresholds.append(float(candidates[int(np.argmax(accuracy))]))
+            self.models.append(model(best).fit(X, y[:, j]))
+
+    def decision_thresholds(self) -> np.ndarray:
+        """The (5,) thresholds predict() applies: calibrated per trait, else the one threshold for every trait."""
+        return np.asarray(self.thresholds if self.thresholds else [self.threshold] * len(TRAITS), dtype=float)
 
     def _fit_finetune(self, texts: list[str], y: np.ndarray) -> None:
         import torch
@@ -156,9 +206,7 @@ class TraitClassifier:
         if not texts:
             return np.zeros((0, len(TRAITS)))
         if self.backend == "embedding_logreg":
-            from lib.embed import embed
-
-            X = embed(texts, self.encoder_path, max_seq_length=self.max_seq_length)
+            X = self._embed(texts)
             # classes_ is [0, 1] because fit insists on both classes; column 1 is P(high).
             return np.column_stack([m.predict_proba(X)[:, 1] for m in self.models])
         import torch
@@ -173,8 +221,8 @@ class TraitClassifier:
         return np.concatenate(out).astype(float)
 
     def predict(self, texts: list[str], threshold: float | None = None) -> np.ndarray:
-        """Binary (n, 5) high/low traits at `threshold` (default: the classifier's own)."""
-        t = self.threshold if threshold is None else threshold
+        """Binary (n, 5) high/low traits at `threshold` (default: the classifier's own, per trait if calibrated)."""
+        t = self.decision_thresholds() if threshold is None else threshold
         return (self.predict_proba(texts) >= t).astype(int)
 
     # ---- persistence ---------------------------------------------------------------------------------------
@@ -182,7 +230,8 @@ class TraitClassifier:
         return {"backend": self.backend, "encoder_path": self.encoder_path, "threshold": self.threshold,
                 "traits": list(TRAITS), "C": self.C, "class_weight": self.class_weight,
                 "max_seq_length": self.max_seq_length, "lr": self.lr, "batch_size": self.batch_size,
-                "epochs": self.epochs, "seed": self.seed}
+                "epochs": self.epochs, "seed": self.seed, "long_texts": self.long_texts, "calibrate": self.calibrate, "tfidf": self.tfidf,
+                "thresholds": self.thresholds, "chosen_C": getattr(self, "chosen_C", None)}
 
     def save(self, out_dir: str | Path) -> Path:
         """Write meta.json plus the sklearn models (joblib) or the fine-tuned model and tokenizer."""
@@ -194,6 +243,8 @@ class TraitClassifier:
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.backend == "embedding_logreg":
             joblib.dump(self.models, out_dir / "logreg.joblib")
+            if self.vectorizer is not None:
+                joblib.dump(self.vectorizer, out_dir / "tfidf.joblib")
         else:
             self.model.save_pretrained(out_dir / "model")
             self.tokenizer.save_pretrained(out_dir / "model")
@@ -214,9 +265,13 @@ class TraitClassifier:
             raise ValueError(f"{meta_path}: trait order {meta.get('traits')} differs from {TRAITS}")
         kw = {k: meta[k] for k in ("threshold", "C", "class_weight", "max_seq_length", "lr", "batch_size", "epochs",
                                    "seed")}
+        kw |= {k: meta.get(k, default) for k, default in (("long_texts", False), ("calibrate", None), ("tfidf", False))}
         obj = cls(meta["encoder_path"], backend=meta["backend"], **kw)
+        obj.thresholds, obj.chosen_C = meta.get("thresholds"), meta.get("chosen_C")
         if obj.backend == "embedding_logreg":
             obj.models = joblib.load(in_dir / "logreg.joblib")
+            if obj.tfidf:
+                obj.vectorizer = joblib.load(in_dir / "tfidf.joblib")
         else:
             import torch
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -241,7 +296,7 @@ def evaluate_classifier(y_true, y_prob, threshold: float = 0.5, y_train=None) ->
     # Without training labels the baseline is computed on the test labels, an optimistic baseline; say so.
     source = "train" if y_train is not None else "test"
     y_base = as_label_matrix(y_train) if y_train is not None else y_true
-    y_pred = (y_prob >= threshold).astype(int)
+    y_pred = (y_prob >= np.broadcast_to(np.asarray(threshold, dtype=float), (len(TRAITS),))).astype(int)
     per_trait = {}
     for j, trait in enumerate(TRAITS):
         majority = int(y_base[:, j].mean() >= 0.5)  # ties go to "high"
@@ -252,5 +307,7 @@ def evaluate_classifier(y_true, y_prob, threshold: float = 0.5, y_train=None) ->
             "majority_class": majority,
         }
     mean = {k: float(np.mean([per_trait[t][k] for t in TRAITS])) for k in ("accuracy", "f1_macro", "majority_accuracy")}
-    return {"per_trait": per_trait, "mean": mean, "threshold": threshold, "majority_source": source,
+    threshold = np.asarray(threshold, dtype=float)
+    return {"per_trait": per_trait, "mean": mean, "threshold": threshold.tolist() if threshold.ndim else float(threshold),
+            "majority_source": source,
             "n": len(y_true)}

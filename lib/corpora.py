@@ -11,6 +11,8 @@ Authors are replaced by salted hashes (`pseudonymise`) before anything is writte
 from __future__ import annotations
 
 import hashlib
+import html as _html
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -101,3 +103,53 @@ def load_pandora(path: str | Path, cutoff: float = 40.0, split: str = "") -> pd.
     if not path.is_file():
         raise FileNotFoundError(f"PANDORA {split or 'file'} not found: {path}")
     return pandora_frame(pd.read_csv(path), cutoff, split)
+
+
+# --- FriendsPersona (offline mirror) ---------------------------------------------------------------------------------
+
+FRIENDS_LABELS = {"cOPN": "O", "cCON": "C", "cEXT": "E", "cAGR": "A", "cNEU": "N"}
+_FRIENDS_HEADER = re.compile(r"^<b>\s*(?P<scene>[^<]*?)\s+for\s+(?P<focus>[^<]+?)\s*</b>$")
+_FRIENDS_LINE = re.compile(r"^<b>(?P<speaker>[^<]+)</b>:\s*(?P<text>.*)$", re.DOTALL)
+
+
+def parse_friends_scene(html: str) -> tuple[str, list[dict]]:
+    """(focus character, turns) of one FriendsPersona scene: `<b>sNN_eNN_cNN(k) for Name</b><br><br><b>Speaker</b>:
+    line<br><br>(stage direction)...`; turns are {"speaker", "text"}, stage directions (lines without a speaker)
+    are dropped. Raises ValueError when the header naming the focus character is missing."""
+    parts = [p.strip() for p in re.split(r"(?:<br>\s*)+", html) if p.strip()]
+    header = _FRIENDS_HEADER.match(parts[0]) if parts else None
+    if not header:
+        raise ValueError(f"scene does not start with '<b>... for <character></b>': {html[:120]!r}")
+    turns = []
+    for part in parts[1:]:
+        m = _FRIENDS_LINE.match(part)
+        if m:
+            text = _html.unescape(re.sub(r"<[^>]+>", "", m["text"])).strip()
+            if text:
+                turns.append({"speaker": _html.unescape(m["speaker"]).strip(), "text": text})
+    return header["focus"].strip(), turns
+
+
+def load_friends_persona(path: str | Path) -> pd.DataFrame:
+    """FriendsPersona scenes as columns scene_id, character (the focus character's full name), text (the focus
+    character's own lines, joined), turns (every speaker's lines), O, C, E, A, N (0/1, the focus character's labels).
+    Scenes where the focus character says nothing are dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"FriendsPersona not found: {path} (expected the mirror's friends_persona/"
+                                f"friends_personality.csv)")
+    df = pd.read_csv(path, encoding="utf-8")
+    missing = [c for c in ("scene_id", "text", *FRIENDS_LABELS) if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; found {list(df.columns)}")
+    rows = []
+    for i, r in df.iterrows():
+        try:
+            focus, turns = parse_friends_scene(str(r["text"]))
+        except ValueError as e:
+            raise ValueError(f"{path}, row {i} ({r['scene_id']}): {e}") from None
+        own = [t["text"] for t in turns if t["speaker"] == focus]
+        if own:
+            rows.append({"scene_id": r["scene_id"], "character": focus, "text": " ".join(own), "turns": turns,
+                         **{dst: int(r[src]) for src, dst in FRIENDS_LABELS.items()}})
+    return pd.DataFrame(rows, columns=["scene_id", "character", "text", "turns", *TRAITS])

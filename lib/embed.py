@@ -71,6 +71,37 @@ def embed(texts: list[str], model_path: str | Path, batch_size: int = 32, max_se
     return np.asarray(out, dtype=np.float32)
 
 
+def windows(text: str, tokenizer, size: int) -> list[str]:
+    """A text cut into consecutive pieces of at most `size` tokens (the encoder's own tokenizer), decoded back."""
+    if size < 1:
+        raise ValueError(f"window size must be >= 1, got {size}")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return [tokenizer.decode(ids[i:i + size]) for i in range(0, len(ids), size)] or [text]
+
+
+def embed_long(texts: list[str], model_path: str | Path, batch_size: int = 32, max_seq_length: int = 256) -> np.ndarray:
+    """Encode texts longer than the encoder's window: each text is the mean of its windows' embeddings (every window
+    but the special tokens fits max_seq_length), L2-normalised. `embed` would keep the first window only."""
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise ValueError(f"embed_long: texts must be strings; non-strings at positions {bad[:10]}")
+    tokenizer = load_encoder(str(model_path)).tokenizer
+    pieces, owner = [], []
+    for i, text in enumerate(texts):
+        w = windows(text, tokenizer, max_seq_length - 2)  # room for [CLS] and [SEP]
+        pieces += w
+        owner += [i] * len(w)
+    vectors = embed(pieces, model_path, batch_size=batch_size, max_seq_length=max_seq_length)
+    if not texts:
+        return vectors
+    owner = np.asarray(owner)
+    sums = np.zeros((len(texts), vectors.shape[1]), dtype=np.float64)
+    np.add.at(sums, owner, vectors)
+    means = sums / np.bincount(owner, minlength=len(texts))[:, None]
+    return (means / np.linalg.norm(means, axis=1, keepdims=True).clip(min=1e-12)).astype(np.float32)
+
+
 def build_tiny_encoder(out_dir: str | Path, texts: list[str] | None = None, hidden_size: int = 32,
                        num_layers: int = 2, seed: int = 0) -> Path:
     """Write a random-init micro BERT encoder with a WordPiece vocab from `texts` (tiny profile and tests).

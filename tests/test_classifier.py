@@ -94,3 +94,55 @@ def test_labels_from_scores_and_published_reference():
     assert labels_from_scores([[41, 40, 0, 100, 40.5]]).tolist() == [[1, 0, 0, 1, 1]]
     assert PUBLISHED_ESSAYS["mean_accuracy_low"] == 0.56 and PUBLISHED_ESSAYS["mean_accuracy_high"] == 0.60
     assert "JIC issue" in PUBLISHED_ESSAYS["note"]
+
+
+def _learnable(n: int = 40) -> tuple[list[str], np.ndarray]:
+    """Texts whose label shows in their words (joyful vs gloomy), varied enough for 5-fold CV and min_df=3."""
+    places = ["park", "office", "kitchen", "station", "garden", "library", "beach", "market"]
+    texts = [f"Today at the {places[i % 8]} I felt {'joyful, happy and bright' if i % 2 else 'gloomy, sad and grey'}"
+             f" for hour {i}." for i in range(n)]
+    return texts, np.tile((np.arange(n) % 2)[:, None], (1, 5))
+
+
+def test_long_texts_average_every_window_and_change_the_features():
+    from lib.embed import embed, embed_long, load_encoder, windows
+
+    tok = load_encoder(MINILM).tokenizer
+    long = " ".join(TEXTS * 6)  # ~660 tokens: three windows of 254
+    n_tokens = len(tok(long, add_special_tokens=False)["input_ids"])
+    assert len(windows(long, tok, 254)) == -(-n_tokens // 254) >= 2
+    first = embed([long], MINILM, max_seq_length=256)[0]
+    averaged = embed_long([long], MINILM, max_seq_length=256)[0]
+    by_hand = embed(windows(long, tok, 254), MINILM, max_seq_length=256).mean(0)
+    np.testing.assert_allclose(averaged, by_hand / np.linalg.norm(by_hand), atol=1e-5)
+    assert np.linalg.norm(averaged) == pytest.approx(1.0, abs=1e-5) and not np.allclose(averaged, first, atol=1e-3)
+    short = embed_long(TEXTS[:2], MINILM)  # one window each: the plain embedding
+    np.testing.assert_allclose(short, embed(TEXTS[:2], MINILM), atol=1e-5)
+
+
+def test_c_by_cross_validation_calibrated_thresholds_and_tfidf_roundtrip(tmp_path):
+    texts, labels = _learnable()
+    clf = TraitClassifier(MINILM, C=[1e-6, 100.0], calibrate=0.25, tfidf=True, long_texts=True).fit(texts, labels)
+    # each trait's C is the one with the best 5-fold CV accuracy on the training texts, computed here independently
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    X = clf._embed(texts)  # the fitted vectorizer: the same features fit() used
+    for j in range(5):
+        cv = [cross_val_score(LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=0), X,
+                              labels[:, j], cv=StratifiedKFold(5, shuffle=True, random_state=0)).mean()
+              for c in (1e-6, 100.0)]
+        assert clf.chosen_C[j] == (1e-6, 100.0)[int(np.argmax(cv))]
+    assert TraitClassifier(MINILM, C=0.5).fit(texts, labels).chosen_C == [0.5] * 5
+    assert len(clf.thresholds) == 5 and all(0.3 <= t <= 0.7 for t in clf.thresholds)
+    np.testing.assert_array_equal(clf.predict(texts), (clf.predict_proba(texts) >= clf.decision_thresholds()))
+    loaded = TraitClassifier.load(clf.save(tmp_path / "clf"))
+    assert loaded.thresholds == clf.thresholds and loaded.tfidf and loaded.long_texts
+    np.testing.assert_allclose(loaded.predict_proba(TEXTS[:3]), clf.predict_proba(TEXTS[:3]), atol=1e-6)
+    assert loaded.vectorizer.vocabulary_ == clf.vectorizer.vocabulary_ and "joyful" in clf.vectorizer.vocabulary_
+    scores = evaluate_classifier(labels, clf.predict_proba(texts), threshold=clf.decision_thresholds())
+    assert scores["threshold"] == clf.thresholds
+    with pytest.raises(ValueError, match="validation share"):
+        TraitClassifier(MINILM, calibrate=1.5)
+    with pytest.raises(ValueError, match="embedding_logreg backend only"):
+        TraitClassifier(MINILM, backend="finetune", tfidf=True)

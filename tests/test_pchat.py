@@ -537,3 +537,12 @@ def test_convai2_sides_are_joined_into_two_persona_dialogues(tmp_path):
     assert [t["text"] for t in dialogues[0]["turns"]] == lines
     assert [t["speaker"] for t in dialogues[0]["turns"]] == ["A", "B", "A", "B"]
     assert len(rejects) == 1 and "partner's side" in rejects[0]["reason"]
+
+
+def test_a_failed_whole_mode_request_fails_the_open_traits():
+    personas = [{"id": "p1", "facts": FACTS}]
+    first = {"id": "p1#0", "persona": "p1", "round": 0, "traits": list(pchat.TRAITS), "reply": "...",
+             "labels": {"O": NO}, "failures": {t: {"reason": "missing_trait"} for t in "CEAN"}}
+    (out,) = pchat.collect_labels(personas, [first], rejects=[{"id": "p1#1", "reason": "http_500"}])
+    assert out["answered"] == ["O"] and out["failed"] == dict.fromkeys("CEAN", "http_500")
+    assert pchat.label_summary([out])["traits_failed"] == 4

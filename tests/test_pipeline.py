@@ -159,7 +159,8 @@ def test_tiny_pchat_path(tiny_run):
     generations = [json.loads(line) for line in (repo / "data/pchat/11_generate/generations.jsonl").read_text().splitlines()]
     assert {g["model"] for g in generations} == {"base", "P", "PT", "P+PT"}
     assert {g["test_set"] for g in generations} == {"P", "PT", "human"}
-    assert metrics["11_generate_pchat"]["probe_replies"] == 2 * 2 * 10  # PT and P+PT x 2 contexts x 5 traits x 2
+    # PT and P+PT x 2 contexts x 5 traits x 2 levels x 2 sampling seeds
+    assert metrics["11_generate_pchat"]["probe_replies"] == 2 * 2 * 10 * 2
     ev = metrics["12_eval_pchat"]
     assert set(ev["datasets"]) == {"P", "PT", "human"} and ev["datasets"]["P"]["dialogues"] == synth["pairs"]
     assert set(ev["responses"]) == {f"{m}/{t}" for m in ("base", "P", "PT", "P+PT") for t in ("P", "PT", "human")}

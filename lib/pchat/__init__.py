@@ -55,7 +55,8 @@ from pathlib import Path
 from typing import Any
 
 from lib.dialogue import dialogue_repair_prompt, strip_quotes
-from lib.teacher import InvalidReply
+from lib.records import read_jsonl
+from lib.teacher import InvalidReply, run_records
 from lib.traits import LEVELS, NAMES, TRAITS
 
 LABELS = ("no_clues", "low", "high")
@@ -508,13 +509,14 @@ def parse_trait_labels(reply: str, facts: Sequence[str],
 
 
 # Per-trait labelling: one question per persona and trait, for teachers too small to answer all five at once.
-# Fields: {persona} and {trait} (the trait's name).
+# Fields: {persona} and {trait} (the trait's name). It asks for a quoted statement as the reason (any reason is
+# accepted): SmolLM2-135M answered 32 of 80 questions validly so, 16 of 80 when asked for the paper's free text.
 DEFAULT_TRAIT_LABEL_TEMPLATE = (
     "Here is what a person says about themselves:\n{persona}\n\n"
     "Do these statements give a clue about the person's {trait}? Answer with one line, exactly one of:\n"
     "No clues.\n"
-    "Probably low, given <the statements that suggest it>\n"
-    "Probably high, given <the statements that suggest it>\n"
+    "Probably low, given \"<one statement copied exactly from the list>\"\n"
+    "Probably high, given \"<one statement copied exactly from the list>\"\n"
     "Write nothing else."
 )
 
@@ -617,9 +619,6 @@ def label_whole(personas: Sequence[Mapping], template: str, teacher: Any, sampli
     Every round's answer is appended to `answers_path` (ids "<persona>#<round>"); a failed request goes to
     `rejects_path` and ends that persona's repairs. `collect_labels` merges the rounds.
     """
-    from lib.records import read_jsonl
-    from lib.teacher import run_records
-
     t0 = time.perf_counter()
     rounds = []
     for r in range(max_repairs + 1):
@@ -638,8 +637,8 @@ def collect_labels(personas: Sequence[Mapping], answers: Sequence[Mapping],
     """Every persona with five labels: {"id", "facts", "labels", "answered", "rescued", "failed"}.
 
     `answers` are per-trait records {"persona", "trait", "label", ..., "repairs"} (per-trait mode, run_records) or
-    whole-mode round records {"persona", "round", "labels", "failures"}; `rejects` the per-trait questions that
-    were rejected ({"id": "<persona>:<trait>", "reason"}). A trait keeps the first valid answer it got; `answered`
+    whole-mode round records {"persona", "round", "labels", "failures"}; `rejects` the records run_records
+    rejected ({"id": "<persona>:<trait>" or "<persona>#<round>", "reason"}). A trait keeps the first valid answer it got; `answered`
     lists the traits answered validly, `rescued` those of them answered only after a repair, `failed` maps each
     other trait to its last failure reason. A trait without a valid answer counts as "no clues" (the paper's label
     when nothing suggests a level).
@@ -658,9 +657,15 @@ def collect_labels(personas: Sequence[Mapping], answers: Sequence[Mapping],
         lab = {k: a.get(k, NO_CLUES[k]) for k in NO_CLUES}
         found[a["persona"]].setdefault(a["trait"], (lab, a.get("repairs", 0) > 0))
     for r in rejects:
-        persona, _, trait = str(r.get("id", "")).rpartition(":")
+        rid, reason = str(r.get("id", "")), r.get("reason", "rejected")
+        persona, _, trait = rid.rpartition(":")
         if trait in TRAITS:
-            failed[persona][trait] = r.get("reason", "rejected")
+            failed[persona][trait] = reason
+        elif "#" in rid:  # a whole-mode round whose request failed: every trait still open fails with it
+            persona = rid.rpartition("#")[0]
+            for t in TRAITS:
+                if t not in found.get(persona, {}):
+                    failed[persona][t] = reason
     out = []
     for persona in personas:
         got = found.get(persona["id"], {})
