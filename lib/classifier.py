@@ -24,6 +24,7 @@ import numpy as np
 from lib.traits import TRAITS
 
 BACKENDS = ("embedding_logreg", "finetune")
+FEATURES = ("embedding", "tfidf", "embedding+tfidf")  # what the embedding_logreg backend's regressions read
 
 # Reference level for Essays (Pennebaker & King), taken from the JIC issue statement: "about 56-60% mean accuracy
 # for encoder models". Binary per-trait labels; majority baseline is about 50-54% per trait.
@@ -86,7 +87,7 @@ class TraitClassifier:
     def __init__(self, encoder_path: str | Path, backend: str = "embedding_logreg", threshold: float | None = None,
                  C: float = 1.0, class_weight: str | None = "balanced", max_seq_length: int = 256,
                  lr: float = 2e-5, batch_size: int = 16, epochs: int = 5, seed: int = 0,
-                 long_texts: bool = False, calibrate: float | None = None, tfidf: bool = False):
+                 long_texts: bool = False, calibrate: float | None = None, features: str = "embedding"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown classifier backend {backend!r}; expected one of {BACKENDS}")
         self.encoder_path = str(encoder_path)
@@ -99,10 +100,12 @@ class TraitClassifier:
             raise ValueError("long_texts applies to the embedding_logreg backend only")
         if calibrate is not None and not 0 < calibrate < 1:
             raise ValueError(f"calibrate is the validation share of the training texts, in (0, 1); got {calibrate}")
-        if tfidf and backend != "embedding_logreg":
-            raise ValueError("tfidf applies to the embedding_logreg backend only")
-        self.long_texts, self.calibrate, self.tfidf = long_texts, calibrate, tfidf
-        self.vectorizer = None  # with tfidf: the fitted TfidfVectorizer
+        if features not in FEATURES:
+            raise ValueError(f"unknown features {features!r}; expected one of {FEATURES}")
+        if features != "embedding" and backend != "embedding_logreg":
+            raise ValueError(f"features {features!r} apply to the embedding_logreg backend only")
+        self.long_texts, self.calibrate, self.features = long_texts, calibrate, features
+        self.vectorizer = None  # with TF-IDF features: the TfidfVectorizer fitted on the training texts
         self.thresholds: list[float] | None = None  # per trait, when calibrated; else the one threshold
         self.models: list | None = None  # logreg: one LogisticRegression per trait
         self.model = None  # finetune: the sequence-classification model
@@ -122,20 +125,25 @@ class TraitClassifier:
         return self
 
     def _embed(self, texts: list[str]):
-        """The features of texts: the sentence embedding, and with tfidf its word uni- and bigram TF-IDF beside it."""
+        """The features of texts: the sentence embedding, word uni- and bigram TF-IDF, or both side by side."""
         from lib.embed import embed, embed_long
 
-        fn = embed_long if self.long_texts else embed
-        X = fn(texts, self.encoder_path, max_seq_length=self.max_seq_length)
-        if not self.tfidf:
-            return X
-        from scipy.sparse import csr_matrix, hstack
-        from sklearn.feature_extraction.text import TfidfVectorizer
+        blocks = []
+        if "embedding" in self.features:
+            fn = embed_long if self.long_texts else embed
+            blocks.append(fn(texts, self.encoder_path, max_seq_length=self.max_seq_length))
+        if "tfidf" in self.features:
+            from sklearn.feature_extraction.text import TfidfVectorizer
 
-        if self.vectorizer is None:  # fitted on the training texts, then fixed
-            self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=3, sublinear_tf=True, max_features=50_000)
-            self.vectorizer.fit(texts)
-        return hstack([csr_matrix(X), self.vectorizer.transform(texts)]).tocsr()
+            if self.vectorizer is None:  # fitted on the training texts, then fixed
+                self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=3, sublinear_tf=True, max_features=50_000)
+                self.vectorizer.fit(texts)
+            blocks.append(self.vectorizer.transform(texts))
+        if len(blocks) == 1:
+            return blocks[0]
+        from scipy.sparse import csr_matrix, hstack
+
+        return hstack([csr_matrix(b) for b in blocks]).tocsr()
 
     def _fit_logreg(self, texts: list[str], y: np.ndarray) -> None:
         from sklearn.linear_model import LogisticRegression
@@ -230,7 +238,7 @@ class TraitClassifier:
         return {"backend": self.backend, "encoder_path": self.encoder_path, "threshold": self.threshold,
                 "traits": list(TRAITS), "C": self.C, "class_weight": self.class_weight,
                 "max_seq_length": self.max_seq_length, "lr": self.lr, "batch_size": self.batch_size,
-                "epochs": self.epochs, "seed": self.seed, "long_texts": self.long_texts, "calibrate": self.calibrate, "tfidf": self.tfidf,
+                "epochs": self.epochs, "seed": self.seed, "long_texts": self.long_texts, "calibrate": self.calibrate, "features": self.features,
                 "thresholds": self.thresholds, "chosen_C": getattr(self, "chosen_C", None)}
 
     def save(self, out_dir: str | Path) -> Path:
@@ -244,7 +252,7 @@ class TraitClassifier:
         if self.backend == "embedding_logreg":
             joblib.dump(self.models, out_dir / "logreg.joblib")
             if self.vectorizer is not None:
-                joblib.dump(self.vectorizer, out_dir / "tfidf.joblib")
+                joblib.dump(self.vectorizer, out_dir / "tfidf.joblib")  # fitted vocabulary and idf
         else:
             self.model.save_pretrained(out_dir / "model")
             self.tokenizer.save_pretrained(out_dir / "model")
@@ -265,12 +273,12 @@ class TraitClassifier:
             raise ValueError(f"{meta_path}: trait order {meta.get('traits')} differs from {TRAITS}")
         kw = {k: meta[k] for k in ("threshold", "C", "class_weight", "max_seq_length", "lr", "batch_size", "epochs",
                                    "seed")}
-        kw |= {k: meta.get(k, default) for k, default in (("long_texts", False), ("calibrate", None), ("tfidf", False))}
+        kw |= {k: meta.get(k, default) for k, default in (("long_texts", False), ("calibrate", None), ("features", "embedding"))}
         obj = cls(meta["encoder_path"], backend=meta["backend"], **kw)
         obj.thresholds, obj.chosen_C = meta.get("thresholds"), meta.get("chosen_C")
         if obj.backend == "embedding_logreg":
             obj.models = joblib.load(in_dir / "logreg.joblib")
-            if obj.tfidf:
+            if "tfidf" in obj.features:
                 obj.vectorizer = joblib.load(in_dir / "tfidf.joblib")
         else:
             import torch

@@ -122,7 +122,7 @@ def test_long_texts_average_every_window_and_change_the_features():
 
 def test_c_by_cross_validation_calibrated_thresholds_and_tfidf_roundtrip(tmp_path):
     texts, labels = _learnable()
-    clf = TraitClassifier(MINILM, C=[1e-6, 100.0], calibrate=0.25, tfidf=True, long_texts=True).fit(texts, labels)
+    clf = TraitClassifier(MINILM, C=[1e-6, 100.0], calibrate=0.25, features="embedding+tfidf", long_texts=True).fit(texts, labels)
     # each trait's C is the one with the best 5-fold CV accuracy on the training texts, computed here independently
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -137,7 +137,7 @@ def test_c_by_cross_validation_calibrated_thresholds_and_tfidf_roundtrip(tmp_pat
     assert len(clf.thresholds) == 5 and all(0.3 <= t <= 0.7 for t in clf.thresholds)
     np.testing.assert_array_equal(clf.predict(texts), (clf.predict_proba(texts) >= clf.decision_thresholds()))
     loaded = TraitClassifier.load(clf.save(tmp_path / "clf"))
-    assert loaded.thresholds == clf.thresholds and loaded.tfidf and loaded.long_texts
+    assert loaded.thresholds == clf.thresholds and loaded.features == "embedding+tfidf" and loaded.long_texts
     np.testing.assert_allclose(loaded.predict_proba(TEXTS[:3]), clf.predict_proba(TEXTS[:3]), atol=1e-6)
     assert loaded.vectorizer.vocabulary_ == clf.vectorizer.vocabulary_ and "joyful" in clf.vectorizer.vocabulary_
     scores = evaluate_classifier(labels, clf.predict_proba(texts), threshold=clf.decision_thresholds())
@@ -145,4 +145,8 @@ def test_c_by_cross_validation_calibrated_thresholds_and_tfidf_roundtrip(tmp_pat
     with pytest.raises(ValueError, match="validation share"):
         TraitClassifier(MINILM, calibrate=1.5)
     with pytest.raises(ValueError, match="embedding_logreg backend only"):
-        TraitClassifier(MINILM, backend="finetune", tfidf=True)
+        TraitClassifier(MINILM, backend="finetune", features="tfidf")
+    with pytest.raises(ValueError, match="unknown features 'bow'"):
+        TraitClassifier(MINILM, features="bow")
+    words = TraitClassifier(MINILM, features="tfidf").fit(texts, labels)  # no encoder call at all
+    assert words.predict(["I felt joyful, happy and bright."])[0].tolist() == [1] * 5
