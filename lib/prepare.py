@@ -5,7 +5,8 @@
 The cpu profile converts the SmolLM2 GGUF once to a plain HF directory; tiny builds its micro Llama; a Hub id
 (the paper profile) is checked and recorded, and downloaded into the Hugging Face cache on first use. The models
 come from `lib.config.model_specs`: the `models:` roles, each local teacher stage's model, PersonalityChat's
-seq2seq student and the MCN sentence encoder. A teacher behind an endpoint needs nothing here.
+seq2seq student, the MCN sentence encoder and JIC's BERTScore encoder where the profile names one (tiny and cpu
+score with `models.embedder`). A teacher behind an endpoint needs nothing here.
 """
 from __future__ import annotations
 

@@ -42,7 +42,8 @@ SIZE_KEY = re.compile(r"^(max_\w+|n_\w+|k_max|batch_size|loglik_batch_size|per_d
                       r"control_contexts)$")
 ENDPOINT_KEYS = {"base_url", "pullpush_url"}
 MODEL_KINDS = {"meta-llama/Meta-Llama-3-8B-Instruct": "causal", "microsoft/deberta-large": "encoder",
-               "facebook/bart-base": "seq2seq", "sentence-transformers/all-MiniLM-L6-v2": "sentence"}
+               "google-bert/bert-base-uncased": "bert", "facebook/bart-base": "seq2seq",
+               "sentence-transformers/all-MiniLM-L6-v2": "sentence"}
 
 
 def _leaves(node: dict, keys: tuple = ()):
@@ -230,6 +231,12 @@ def test_the_paper_dag_runs_end_to_end(paper_run):
     assert raw and "writer_" not in raw and "AutoModerator" not in raw  # salted pseudonyms only, the bot dropped
     ev = json.loads((repo / "reports/metrics/12_eval_jic.json").read_text())
     assert set(ev["overlap"]) == {"base", "lora", "raft"}
+    # JIC's BERTScore (bert-base-uncased, layer 9) really ran on the stand-in: a number wherever a pair was scored
+    assert ev["availability"]["bertscore"]["available"] is True, ev["availability"]["bertscore"]
+    scored = {s: row for s, row in ev["overlap"].items() if row["scored"] > 0}
+    assert scored, "no system produced a non-blank response, so JIC's metrics scored nothing"
+    assert all(isinstance(row["bertscore_f1"], float) and -1 <= row["bertscore_f1"] <= 1 for row in scored.values()), \
+        {s: row["bertscore_f1"] for s, row in ev["overlap"].items()}
     scrape = json.loads((repo / "reports/metrics/01_scrape_pchat.json").read_text())
     assert scrape  # PersonaChat from the Hub copy, both sides joined into persona pairs
     print(f"paper DAG with stand-ins: {paper_run['seconds']:.0f} s")
@@ -277,6 +284,10 @@ def test_stand_in_tokenizers_really_tokenize(tmp_path):
     that turns every text into special tokens, and the paper run would train on nothing."""
     from transformers import AutoTokenizer
 
-    for kind in ("encoder", "seq2seq"):
+    for kind in ("encoder", "bert", "seq2seq"):
         tok = AutoTokenizer.from_pretrained(hub_cache.BUILDERS[kind](tmp_path / kind))
         assert len(tok) > 100 and len(tok.tokenize("I wrote in my journal")) >= 5, kind
+        assert tok.unk_token not in tok.tokenize("I wrote in my journal"), kind
+    bert = AutoTokenizer.from_pretrained(tmp_path / "bert", use_fast=False)  # as bert_score loads it
+    assert bert.tokenize("I wrote in my JOURNALING") == ["i", "wrote", "in", "my", "journal", "##ing"]  # uncased
+    assert bert.model_max_length == 512

@@ -83,8 +83,11 @@ def test_00_models_prepares_every_model_the_profile_names_but_not_an_endpoint_te
     assert not any(k.endswith(".model") and "sft" not in k for k in config.model_specs(config.load("tiny")))
     paper = config.model_specs(config.load("paper", check_files=False))  # teachers behind endpoints: names only
     assert set(paper.values()) == {"meta-llama/Meta-Llama-3-8B-Instruct", "microsoft/deberta-large",
-                                   "facebook/bart-base", "sentence-transformers/all-MiniLM-L6-v2"}
-    assert "sft.pchat.model" in paper and "eval.pchat.mcn_encoder" in paper
+                                   "facebook/bart-base", "sentence-transformers/all-MiniLM-L6-v2",
+                                   "google-bert/bert-base-uncased"}
+    assert {"sft.pchat.model", "eval.pchat.mcn_encoder", "eval.jic.bertscore_model"} <= set(paper)
+    # tiny and cpu name no BERTScore model (null: the offline embedder), so 00_models stays offline there
+    assert not any(k.startswith("eval.jic") for p in ("tiny", "cpu") for k in config.model_specs(config.load(p)))
 
 
 def test_resumable_dir_restarts_after_a_finished_run(tmp_path):

@@ -73,6 +73,28 @@ def build_deberta(out: Path, seed: int = 0) -> Path:
     return out
 
 
+def build_bert(out: Path, seed: int = 0) -> Path:
+    """A 12-layer, 16-wide BertModel with a lowercasing WordPiece tokenizer (google-bert/bert-base-uncased's
+    architecture, JIC's BERTScore encoder)."""
+    import torch
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator(TEXTS * 4, vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]",
+                                                                             "[MASK]"])
+    # transformers 5: `vocab` (a dict here), not `vocab_file`; model_max_length as the real checkpoint's (512)
+    tok = BertTokenizerFast(vocab=wordpiece.get_vocab(), do_lower_case=True, model_max_length=512)
+    tok.save_pretrained(out)
+    torch.manual_seed(seed)
+    # bert-base-uncased has 12 layers; so does this one, so BERTScore's layer 9 (bertscore_layers) stays valid:
+    # bert_score 0.3.13 asserts num_layers <= the model's layer count and keeps the first num_layers
+    config = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=12, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, pad_token_id=tok.pad_token_id)
+    BertModel(config).save_pretrained(out)
+    return out
+
+
 def build_bart(out: Path, seed: int = 0) -> Path:
     """A 1+1-layer BartForConditionalGeneration with a byte-level BPE tokenizer (facebook/bart-base's architecture)."""
     import torch
@@ -89,11 +111,25 @@ def build_bart(out: Path, seed: int = 0) -> Path:
     return out
 
 
-def build_llama(out: Path) -> Path:
-    """The repository's micro Llama (LlamaForCausalLM, chat template) under a Llama/Mistral id."""
+def build_llama(out: Path, seed: int = 0) -> Path:
+    """The repository's micro Llama (LlamaForCausalLM, chat template) under a Llama/Mistral id, with its output
+    embedding untied from its input one, as Meta-Llama-3-8B-Instruct has it (tie_word_embeddings false).
+
+    Tied, a random micro Llama greedily repeats the last prompt token, the "\\n" after "assistant", so every greedy
+    reply (11_generate_jic) strips to "" and JIC's overlap metrics, BERTScore included, would score no pair."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     from lib.models import build_tiny_llama
 
-    return build_tiny_llama(out, texts=TEXTS)
+    build_tiny_llama(out, texts=TEXTS)
+    config = LlamaConfig.from_pretrained(out)
+    config.tie_word_embeddings = False
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = config.pad_token_id
+    model.save_pretrained(out)
+    return out
 
 
 def copy_minilm(out: Path) -> Path:
@@ -104,7 +140,8 @@ def copy_minilm(out: Path) -> Path:
     return out
 
 
-BUILDERS = {"causal": build_llama, "encoder": build_deberta, "seq2seq": build_bart, "sentence": copy_minilm}
+BUILDERS = {"causal": build_llama, "encoder": build_deberta, "bert": build_bert, "seq2seq": build_bart,
+            "sentence": copy_minilm}
 
 
 def build_models(cache: Path, work: Path, ids: dict[str, str]) -> None:
