@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lib import hub
+from lib import hub, stats
 from lib.traits import TRAITS
 
 log = logging.getLogger(__name__)
@@ -323,19 +323,6 @@ def capture_replicates(probs, authors, true_by_author: dict, threshold: float, w
         return agree / present.sum(axis=1, keepdims=True)
 
 
-def percentile_interval(replicates, confidence_level: float) -> tuple[float, float]:
-    """The percentile bootstrap interval (NaN replicates left out)."""
-    if not 0 < confidence_level < 1:
-        raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level}")
-    x = np.asarray(replicates, dtype=float)
-    x = x[~np.isnan(x)]
-    if len(x) == 0:
-        return float("nan"), float("nan")
-    tail = (1 - confidence_level) / 2
-    lo, hi = np.quantile(x, [tail, 1 - tail])
-    return float(lo), float(hi)
-
-
 def trait_capture_bootstrap(systems: dict, true_by_author: dict, threshold: float, baseline: str,
                             n_resamples: int, confidence_level: float, seed: int) -> dict:
     """JIC trait capture per system with percentile bootstrap intervals over test dialogues, and paired differences.
@@ -354,7 +341,7 @@ def trait_capture_bootstrap(systems: dict, true_by_author: dict, threshold: floa
 
     def interval(replicates) -> tuple[float, float]:
         # one dialogue leaves nothing to resample: no interval (NaN), hence no verdict, as in lib.stats.bootstrap_ci
-        return percentile_interval(replicates, confidence_level) if len(dialogues) > 1 else (float("nan"),) * 2
+        return stats.percentile_interval(replicates, confidence_level) if len(dialogues) > 1 else (float("nan"),) * 2
 
     per_trait, point = {}, {}
     for name, (probs, ids, authors) in systems.items():

@@ -16,6 +16,20 @@ import numpy as np
 DIRECTIONS = ("positive", "negative", "cannot tell")
 
 
+def percentile_interval(replicates: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of bootstrap replicates (NaNs left out); (nan, nan) when none is left. For callers
+    that draw their own resamples (lib.metrics resamples whole dialogues, paired across systems)."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    x = np.asarray(replicates, dtype=float)
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(x, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
 def bootstrap_ci(values: Sequence[float], stat: Callable = np.mean, n_boot: int = 2000, level: float = 0.95,
                  seed: int = 0) -> tuple[float, float]:
     """Percentile-bootstrap interval of `stat` over `values` (NaNs dropped); (nan, nan) for fewer than two values,
@@ -31,8 +45,7 @@ def bootstrap_ci(values: Sequence[float], stat: Callable = np.mean, n_boot: int 
     rng = np.random.default_rng(seed)
     resamples = x[rng.integers(0, len(x), size=(n_boot, len(x)))]
     stats = np.apply_along_axis(stat, 1, resamples) if stat is not np.mean else resamples.mean(axis=1)
-    tail = (1 - level) / 2
-    return float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
+    return percentile_interval(stats, level)
 
 
 def mean_ci(values: Sequence[float], **kwargs) -> dict:
