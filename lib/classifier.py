@@ -107,6 +107,7 @@ class TraitClassifier:
         self.long_texts, self.calibrate, self.features = long_texts, calibrate, features
         self.vectorizer = None  # with TF-IDF features: the TfidfVectorizer fitted on the training texts
         self.thresholds: list[float] | None = None  # per trait, when calibrated; else the one threshold
+        self.chosen_C: list[float] | None = None  # per trait, what fit() chose (embedding_logreg)
         self.models: list | None = None  # logreg: one LogisticRegression per trait
         self.model = None  # finetune: the sequence-classification model
         self.tokenizer = None
@@ -239,7 +240,7 @@ class TraitClassifier:
                 "traits": list(TRAITS), "C": self.C, "class_weight": self.class_weight,
                 "max_seq_length": self.max_seq_length, "lr": self.lr, "batch_size": self.batch_size,
                 "epochs": self.epochs, "seed": self.seed, "long_texts": self.long_texts, "calibrate": self.calibrate, "features": self.features,
-                "thresholds": self.thresholds, "chosen_C": getattr(self, "chosen_C", None)}
+                "thresholds": self.thresholds, "chosen_C": self.chosen_C}
 
     def save(self, out_dir: str | Path) -> Path:
         """Write meta.json plus the sklearn models (joblib) or the fine-tuned model and tokenizer."""
