@@ -294,6 +294,65 @@ def _use_base_as_reference(model) -> None:
         model.delete_adapter("ref")
 
 
+def preference_rewards(model, tokenizer, pairs: list[dict], beta: float, batch_size: int = 8) -> list[dict]:
+    """Per pair, DPO's implicit rewards beta * (log pi(y|x) - log pi_ref(y|x)) of its chosen and rejected answers.
+
+    `model` is a PeftModel holding the trained adapter; the reference is the same model with the adapter disabled,
+    as in `dpo`. Pairs are rendered by the chat template exactly as `render_rows` does (the answer is what the
+    template appends after the prompt with its assistant header, end-of-turn tokens included) and log-probabilities
+    are summed over the answer's tokens, so the mean accuracy and margin equal trl's eval metrics. Per pair, so that
+    held-out preference accuracy and margin can carry an interval over pairs.
+    """
+    import torch
+
+    rendered = render_rows(_check_pairs(pairs, "scored"), tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    seqs = []  # (pair index, side, prompt ids, answer ids)
+    for i, row in enumerate(rendered):
+        prompt_ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        for side in ("chosen", "rejected"):
+            answer_ids = tokenizer(row[side], add_special_tokens=False)["input_ids"]
+            if not answer_ids:
+                raise ValueError(f"pair #{i}: the {side} answer renders to no tokens")
+            seqs.append((i, side, prompt_ids, answer_ids))
+
+    def logps(adapter_on: bool) -> list[float]:
+        out = []
+        for lo in range(0, len(seqs), batch_size):
+            chunk = seqs[lo:lo + batch_size]
+            rows = [p + a for _, _, p, a in chunk]
+            width = max(map(len, rows))
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)  # right padding: positions start at 0
+            mask = torch.zeros_like(ids)
+            for r, row in enumerate(rows):
+                ids[r, :len(row)], mask[r, :len(row)] = torch.tensor(row), 1
+            ids, mask = ids.to(model.device), mask.to(model.device)
+            with torch.inference_mode():
+                if adapter_on:
+                    logits = model(input_ids=ids, attention_mask=mask).logits
+                else:
+                    with model.disable_adapter():
+                        logits = model(input_ids=ids, attention_mask=mask).logits
+            token_logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            for r, (_, _, p, a) in enumerate(chunk):
+                out.append(token_logp[r, len(p) - 1:len(p) - 1 + len(a)].sum().item())
+        return out
+
+    was_training = model.training
+    model.eval()
+    try:
+        policy, reference = logps(True), logps(False)
+    finally:
+        model.train(was_training)
+    rewards = [{} for _ in rendered]
+    for (i, side, _, _), lp, ref in zip(seqs, policy, reference):
+        rewards[i][f"{side}_reward"] = beta * (lp - ref)
+    for r in rewards:
+        r["margin"] = r["chosen_reward"] - r["rejected_reward"]
+        r["correct"] = r["margin"] > 0
+    return rewards
+
+
 def dpo(model_path: str | Path, train_pairs: list[dict], eval_pairs: list[dict] | None, out_dir: str | Path,
         lora: dict, args: dict, max_seq_length: int = 512, load_in_4bit: bool = False) -> dict:
     """LoRA-DPO on conversational preference pairs (prompt, chosen, rejected); resumes after a kill.

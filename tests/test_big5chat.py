@@ -160,6 +160,7 @@ def test_dpo_pairs_stay_within_a_unit_and_count_skips():
     assert pairs[0]["prompt"][0]["content"].endswith("Extraversion - high")
     assert pairs[1]["prompt"][0]["content"].endswith("Extraversion - low")
     assert all(p["prompt"][1]["content"] == "prompt of s1/t2" for p in pairs)
+    assert [(p["unit_id"], p["trait"], p["target"]) for p in pairs] == [("s1/t2", "E", "high"), ("s1/t2", "E", "low")]
 
 
 def test_dpo_pairs_refuse_a_unit_under_two_scenarios_or_doubled_levels():

@@ -146,6 +146,23 @@ def test_dpo_trains_from_the_base_as_reference_and_saves_an_adapter(tmp_path, ti
     assert delta > 1e-3
 
 
+def test_preference_rewards_per_pair_agree_with_trls_eval_metrics(tmp_path, tiny_llama_dir):
+    from lib.train import preference_rewards
+
+    evals = _pairs(3)
+    # pair 0 mirrored: the same prompt and answers, chosen and rejected swapped (a pair the policy must get wrong)
+    evals[1] = {"prompt": evals[0]["prompt"], "chosen": evals[0]["rejected"], "rejected": evals[0]["chosen"]}
+    evals[2]["rejected"] = [{"role": "assistant", "content": "Work was long today."}]
+    metrics = dpo(tiny_llama_dir, _pairs(8), evals, tmp_path, LORA, {**DPO_ARGS, "max_steps": 3}, max_seq_length=64)
+    tuned, tok = models.load_for_inference(tiny_llama_dir, tmp_path / "adapter")
+    rewards = preference_rewards(tuned, tok, evals, beta=0.1, batch_size=2)
+    assert rewards[0]["correct"] and not rewards[1]["correct"]
+    margins = [r["margin"] for r in rewards]
+    assert sum(margins) / 3 == pytest.approx(metrics["eval_rewards/margins"], rel=1e-3, abs=1e-4)
+    assert sum(r["correct"] for r in rewards) / 3 == pytest.approx(metrics["eval_rewards/accuracies"])
+    assert rewards[0]["margin"] == pytest.approx(-rewards[1]["margin"], rel=1e-4)  # the same two answers, swapped
+
+
 def test_dpo_resumes_the_trained_policy(tmp_path, tiny_llama_dir):
     from safetensors.torch import load_file
 

@@ -247,8 +247,11 @@ def sft_rows(generations: list[dict]) -> tuple[list[dict], int]:
 def dpo_pairs(generations: list[dict]) -> tuple[list[dict], dict]:
     """(pairs, stats): per unit and trait, the target level's reply is chosen and the opposite level's rejected.
 
-    Both levels serve as the target, so a complete group gives two pairs. Replies are grouped by unit id (one
-    scenario and turn), so a pair never mixes scenarios or turns; a unit id seen with two scenario ids is an error.
+    Both levels serve as the target, so a complete group gives two pairs: mirrored twins (the same two replies), which
+    a policy blind to the level in the instruction gets exactly half right. Each pair carries its unit_id, trait and
+    target (the trainers keep only prompt, chosen and rejected), so that held-out results can be grouped. Replies are
+    grouped by unit id (one scenario and turn), so a pair never mixes scenarios or turns; a unit id seen with two
+    scenario ids is an error.
     """
     groups: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
     scenario_of: dict[str, str] = {}
@@ -262,7 +265,7 @@ def dpo_pairs(generations: list[dict]) -> tuple[list[dict], dict]:
             raise ValueError(f"unit {g['unit_id']!r}, trait {g['trait']}: two replies at level {g['level']!r}")
         slot[g["level"]] = g
     pairs, stats = [], Counter()
-    for (_, trait), slot in groups.items():
+    for (unit_id, trait), slot in groups.items():
         if set(slot) != set(LEVELS):
             stats["missing_level"] += 1
             continue
@@ -277,7 +280,8 @@ def dpo_pairs(generations: list[dict]) -> tuple[list[dict], dict]:
             prompt = [{"role": "system", "content": persona_instruction(trait, target)},
                       {"role": "user", "content": _user_content(slot[target])}]
             pairs.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": replies[target]}],
-                          "rejected": [{"role": "assistant", "content": replies[OPPOSITE[target]]}]})
+                          "rejected": [{"role": "assistant", "content": replies[OPPOSITE[target]]}],
+                          "unit_id": unit_id, "trait": trait, "target": target})
         stats["groups_used"] += 1
     return pairs, dict(stats)
 
