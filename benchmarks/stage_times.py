@@ -24,15 +24,16 @@ GOAL_S = 60 * 60
 PAPERS = ("jic", "big5chat", "pchat")
 SHARED = {"03_classifier": ("jic", "big5chat")}
 MODELS_S = 30  # 00_models, not a notebook
-# Seconds per stage (executed notebook stem) that together fit the goal; set from the 2026-12-02 cold run.
+# Seconds per stage (executed notebook stem) that together fit the goal: the 2026-12-02 cold run (2,909 s) plus
+# 10-40 % headroom per stage.
 BUDGET_S = {
-    "01_scrape_jic": 30, "02_cluster_jic": 120, "03_classifier": 120, "04_filter_jic": 60,
-    "06_synthesize_jic": 420, "08_sft_jic_lora": 180, "08_sft_jic_raft": 210, "11_generate_jic": 90,
-    "12_eval_jic": 60,
-    "01_scrape_big5chat": 30, "07_dexperts_big5chat": 600, "08_sft_big5chat": 150, "09_dpo_big5chat": 300,
-    "11_generate_big5chat": 240, "12_eval_big5chat": 30,
-    "01_scrape_pchat": 30, "05_label_pchat": 240, "06_synthesize_pchat": 180, "08_sft_pchat_p": 60,
-    "08_sft_pchat_ppt": 60, "08_sft_pchat_pt": 60, "11_generate_pchat": 240, "12_eval_pchat": 60,
+    "01_scrape_jic": 20, "02_cluster_jic": 60, "03_classifier": 30, "04_filter_jic": 20,
+    "06_synthesize_jic": 300, "08_sft_jic_lora": 120, "08_sft_jic_raft": 130, "11_generate_jic": 40,
+    "12_eval_jic": 20,
+    "01_scrape_big5chat": 20, "07_dexperts_big5chat": 960, "08_sft_big5chat": 110, "09_dpo_big5chat": 400,
+    "11_generate_big5chat": 300, "12_eval_big5chat": 20,
+    "01_scrape_pchat": 20, "05_label_pchat": 150, "06_synthesize_pchat": 240, "08_sft_pchat_p": 100,
+    "08_sft_pchat_ppt": 110, "08_sft_pchat_pt": 120, "11_generate_pchat": 260, "12_eval_pchat": 20,
 }
 
 
