@@ -1,0 +1,397 @@
+"""DPG (arXiv 2404.07084, "Dynamic Generation of Personalities with Large Language Models") data logic.
+
+The paper released no code; this package is the reference implementation. The pipeline, stage by stage:
+
+- `01_scrape@dpg` — character windows: every film-script line of the Harry Potter films (`load_hp_lines`) is grouped
+  into one sample per character and chapter, with the other speakers' surrounding turns as context (`hp_windows`);
+  FriendsPersona scenes, which carry human Big-Five labels, give one sample per scene (`friends_windows`).
+- `05_label@dpg` — personality assessment: a teacher LLM "psychologist" with embedded knowledge of each trait and its
+  six facets scores each sample on O, C, E, A, N in [-5, 5] (lib/dpg/assess.py), then samples far from their
+  character's centre are dropped (`lib.dpg.assess.drop_outliers`).
+- `08_sft@dpg` — the LoRA-SFT baseline: one LoRA trained on the character's replies, with the personality prompt
+  (Big-Five scores + character information, `personality_prompt`) as the system turn (`reply_rows`).
+- `10_hypernet@dpg` — DPG itself: a hypernetwork maps the personality prompt to LoRA weights for the student's
+  attention layers (lib/dpg/hypernet.py), trained on the same `reply_rows`.
+- `11_generate@dpg` — dialogue from the student under prompted personality vectors (prompting, LoRA-SFT, DPG).
+- `12_eval@dpg` — the generated dialogue is assessed again and compared with the prompted vector: the Personality
+  Shaping Deviation Coefficient (`lib.dpg.assess.psdc`, lower is better), plus fluency, coherency, consistency.
+
+Everything here is plain data handling, tested without a model. Paths are arguments; nothing points at /work.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from numbers import Integral, Real
+from pathlib import Path
+
+import pandas as pd
+
+from lib.traits import NAMES, TRAITS
+
+log = logging.getLogger(__name__)
+
+# The mirror's Harry Potter film-script tables (Kaggle "Harry Potter Movies Dataset"): file stem -> columns we read.
+HP_FILES = {
+    "Dialogue": ("Dialogue_ID", "Chapter_ID", "Character_ID", "Dialogue"),
+    "Characters": ("Character_ID", "Character_Name", "Species", "Gender", "House"),
+    "Chapters": ("Chapter_ID", "Movie_ID", "Movie_Chapter"),
+    "Movies": ("Movie_ID",),
+}
+HP_COLUMNS = ["dialogue_id", "chapter_id", "movie", "position", "character", "species", "gender", "house", "text"]
+INFO_FIELDS = ("house", "species", "gender")  # character information beside the name, in prompt order
+_UNKNOWN = {"", "unknown", "nan", "none", "n/a"}
+_GENDERS = {"male", "female"}  # the mirror lists Nearly Headless Nick's gender as "Human": such values are dropped
+
+PERSONA_FIELDS = {"name", "info", "scores", *TRAITS}
+SCORE_RANGE = (-5, 5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Harry Potter film scripts
+
+
+def _clean(text) -> str:
+    """One text field: mojibake repaired, non-breaking and repeated whitespace collapsed.
+
+    The mirror's Dialogue.csv is latin-1 but a few lines hold UTF-8 byte sequences (an en dash, a closing quote, an
+    accented letter) that latin-1 decoding turns into "â\\x80\\x9d": where a field re-encodes to valid UTF-8 it is
+    decoded as such; genuine latin-1 characters ("9&¾") fail that round trip and stay as they are.
+    """
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return ""
+    text = str(text)
+    if any("\x80" <= ch <= "\xff" for ch in text):
+        try:
+            text = text.encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            pass
+    return " ".join(text.replace("\xa0", " ").split())
+
+
+def _read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """A CSV of the mirror, as UTF-8 (a BOM allowed; Movies.csv has one) or else latin-1 (Dialogue, Characters and
+    Chapters are), with the named columns checked."""
+    if not path.is_file():
+        raise FileNotFoundError(f"Harry Potter script table not found: {path}")
+    try:
+        df = pd.read_csv(path, encoding="utf-8-sig", dtype=str, keep_default_na=False)
+    except UnicodeDecodeError:
+        df = pd.read_csv(path, encoding="latin-1", dtype=str, keep_default_na=False)
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; found {list(df.columns)}")
+    return df
+
+
+def _int_column(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    """A column of integer ids; a ValueError names the file, column and first bad value."""
+    values = pd.to_numeric(df[column].str.strip(), errors="coerce")
+    bad = values.isna() | (values != values.round())
+    if bad.any():
+        raise ValueError(f"{path}: column {column} has non-integer values, e.g. {df[column][bad].iloc[0]!r}")
+    return values.astype(int)
+
+
+def load_hp_lines(root: str | Path) -> pd.DataFrame:
+    """Every dialogue line of the eight films, in film order, with its speaker's character information.
+
+    `root` is the folder with hp_movies_{Dialogue,Characters,Chapters,Movies}.csv. Columns: dialogue_id, chapter_id,
+    movie (1-8 in film order: by release year, then Movie_ID), position (1, 2, ... within the film, by chapter order
+    and then dialogue id), character, species, gender, house (as the table gives them, "" where empty), text.
+    Lines whose text is empty are dropped.
+    """
+    root = Path(root)
+    tables, paths = {}, {}
+    for stem, columns in HP_FILES.items():
+        paths[stem] = root / f"hp_movies_{stem}.csv"
+        tables[stem] = _read_table(paths[stem], columns)
+    dialogue, characters, chapters, movies = (tables[s] for s in ("Dialogue", "Characters", "Chapters", "Movies"))
+
+    for stem, df, key in (("Characters", characters, "Character_ID"), ("Chapters", chapters, "Chapter_ID"),
+                          ("Movies", movies, "Movie_ID")):
+        df[key] = _int_column(df, key, paths[stem])
+        dup = df[key][df[key].duplicated()]
+        if len(dup):
+            raise ValueError(f"{paths[stem]}: {key} repeated: {sorted(set(dup))[:5]}")
+    for column in ("Dialogue_ID", "Chapter_ID", "Character_ID"):
+        dialogue[column] = _int_column(dialogue, column, paths["Dialogue"])
+    chapters["Movie_ID"] = _int_column(chapters, "Movie_ID", paths["Chapters"])
+    chapters["Movie_Chapter"] = _int_column(chapters, "Movie_Chapter", paths["Chapters"])
+
+    if "Release_Year" in movies.columns:
+        movies["_year"] = pd.to_numeric(movies["Release_Year"], errors="coerce")
+        movies = movies.sort_values(["_year", "Movie_ID"], na_position="last")
+    else:
+        movies = movies.sort_values("Movie_ID")
+    film_order = {mid: n for n, mid in enumerate(movies["Movie_ID"], start=1)}
+
+    unknown = sorted(set(chapters["Movie_ID"]) - set(film_order))
+    if unknown:
+        raise ValueError(f"{paths['Chapters']}: Movie_ID {unknown[:5]} not in {paths['Movies']}")
+    for column, table, stem in (("Chapter_ID", chapters, "Chapters"), ("Character_ID", characters, "Characters")):
+        unknown = sorted(set(dialogue[column]) - set(table[column]))
+        if unknown:
+            raise ValueError(f"{paths['Dialogue']}: {column} {unknown[:5]} not in {paths[stem]}")
+
+    people = characters.set_index("Character_ID")
+    chapter = chapters.set_index("Chapter_ID")
+    df = pd.DataFrame({
+        "dialogue_id": dialogue["Dialogue_ID"],
+        "chapter_id": dialogue["Chapter_ID"],
+        "movie": dialogue["Chapter_ID"].map(chapter["Movie_ID"]).map(film_order),
+        "_chapter_order": dialogue["Chapter_ID"].map(chapter["Movie_Chapter"]),
+        "character": dialogue["Character_ID"].map(people["Character_Name"]).map(_clean),
+        **{f: dialogue["Character_ID"].map(people[f.capitalize()]).map(_clean) for f in INFO_FIELDS},
+        "text": dialogue["Dialogue"].map(_clean),
+    })
+    empty = df["text"] == ""
+    if empty.any():
+        log.info("load_hp_lines: %d lines with empty text dropped", int(empty.sum()))
+        df = df[~empty]
+    df = df.sort_values(["movie", "_chapter_order", "dialogue_id"], kind="stable").reset_index(drop=True)
+    df["position"] = df.groupby("movie").cumcount() + 1
+    return df[HP_COLUMNS]
+
+
+def slug(name: str) -> str:
+    """A name as an id part: lowercase ASCII letters and digits joined by '-' ("Harry Potter" -> harry-potter)."""
+    out = re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-")
+    if not out:
+        raise ValueError(f"character name {name!r} has no letters or digits to make an id from")
+    return out
+
+
+def _known(value) -> str | None:
+    """The value as a string, or None for the mirror's unknowns (NaN, empty, "unknown")."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = " ".join(str(value).split())
+    return None if text.lower() in _UNKNOWN else text
+
+
+def character_info(name: str, house=None, species=None, gender=None) -> dict:
+    """{"name", and those of house, species, gender that are known}; a gender other than male/female is dropped."""
+    info = {"name": name}
+    for field, value in (("house", house), ("species", species), ("gender", gender)):
+        value = _known(value)
+        if value is None or (field == "gender" and value.lower() not in _GENDERS):
+            continue
+        info[field] = value
+    return info
+
+
+def _check_window_args(min_lines: int, context_turns: int | None) -> None:
+    if not isinstance(min_lines, int) or min_lines < 1:
+        raise ValueError(f"min_lines must be an integer >= 1, got {min_lines!r}")
+    if context_turns is not None and (not isinstance(context_turns, int) or context_turns < 0):
+        raise ValueError(f"context_turns must be an integer >= 0 or None (the whole chapter), got {context_turns!r}")
+
+
+def hp_windows(lines: pd.DataFrame, characters: list[str] | None = None, min_lines: int = 3,
+               context_turns: int | None = 2) -> tuple[list[dict], dict]:
+    """(samples, stats): one sample per character and chapter (the window), from `load_hp_lines` output.
+
+    A sample's `turns` are the chapter's lines, in order, that are the character's own or within `context_turns`
+    lines (before or after) of one of them: the other speakers' surrounding turns as context (None: the whole
+    chapter). Stretches of the chapter far from the character are left out without a marker. `lines` holds the
+    character's own lines. Windows with fewer than `min_lines` own lines are dropped and counted. `characters`
+    restricts the windows to those names (an unknown name is an error); None takes every speaker.
+
+    Sample keys: sample_id ("hp:<chapter id>:<character slug>", stable across runs), source "hp", character, info
+    (character_info), window (the chapter id), movie, turns [{speaker, text}], lines [str], labels None.
+    """
+    _check_window_args(min_lines, context_turns)
+    missing = [c for c in HP_COLUMNS if c not in lines.columns]
+    if missing:
+        raise ValueError(f"lines lack columns {missing} (use load_hp_lines)")
+    if characters is not None:
+        unknown = sorted(set(characters) - set(lines["character"]))
+        if unknown:
+            raise ValueError(f"characters {unknown} never speak in the scripts")
+        wanted = set(characters)
+    else:
+        wanted = set(lines["character"])
+    ordered = lines.sort_values(["movie", "position"], kind="stable")
+    samples, stats = [], Counter()
+    per_character: Counter = Counter()
+    for chapter_id, chapter in ordered.groupby("chapter_id", sort=False):
+        speakers = chapter["character"].tolist()
+        texts = chapter["text"].tolist()
+        first = chapter.iloc[0]
+        for name in dict.fromkeys(speakers):  # in order of first line
+            if name not in wanted:
+                continue
+            own = [i for i, s in enumerate(speakers) if s == name]
+            if len(own) < min_lines:
+                stats["dropped_min_lines"] += 1
+                continue
+            if context_turns is None:
+                keep = range(len(speakers))
+            else:
+                keep = sorted({j for i in own for j in range(max(0, i - context_turns),
+                                                              min(len(speakers), i + context_turns + 1))})
+            row = chapter.iloc[own[0]]
+            samples.append({
+                "sample_id": f"hp:{chapter_id}:{slug(name)}", "source": "hp", "character": name,
+                "info": character_info(name, row["house"], row["species"], row["gender"]),
+                "window": int(chapter_id), "movie": int(first["movie"]),
+                "turns": [{"speaker": speakers[j], "text": texts[j]} for j in keep],
+                "lines": [texts[i] for i in own], "labels": None,
+            })
+            per_character[name] += 1
+            stats["own_lines"] += len(own)
+    ids = Counter(s["sample_id"] for s in samples)
+    clash = [i for i, n in ids.items() if n > 1]
+    if clash:  # two names with one slug in one chapter ("Mr. X" and "Mr X")
+        raise ValueError(f"sample ids {clash[:5]} repeat: two character names share a slug")
+    stats["windows"] = len(samples)
+    stats["characters"] = len(per_character)
+    return samples, {**{k: int(v) for k, v in stats.items()}, "per_character": dict(per_character)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FriendsPersona
+
+
+def friends_windows(df: pd.DataFrame, min_lines: int = 1) -> tuple[list[dict], dict]:
+    """(samples, stats): one sample per FriendsPersona scene (lib.corpora.load_friends_persona) for its focus
+    character, with the scene's human 0/1 labels. Scenes where the focus character has fewer than `min_lines` lines
+    are dropped and counted. Sample keys as `hp_windows` (sample_id "friends:<scene_id>", source "friends", window
+    the scene id, info {"name"}), labels {O..N: 0/1}."""
+    _check_window_args(min_lines, None)
+    missing = [c for c in ("scene_id", "character", "turns", *TRAITS) if c not in df.columns]
+    if missing:
+        raise ValueError(f"FriendsPersona frame lacks columns {missing} (use lib.corpora.load_friends_persona)")
+    dup = df["scene_id"][df["scene_id"].duplicated()]
+    if len(dup):
+        raise ValueError(f"FriendsPersona scene ids repeat: {sorted(set(dup))[:5]}")
+    samples, dropped = [], 0
+    for r in df.to_dict("records"):
+        name, turns = r["character"], list(r["turns"])
+        own = [t["text"] for t in turns if t["speaker"] == name]
+        if len(own) < min_lines:
+            dropped += 1
+            continue
+        labels = {}
+        for t in TRAITS:
+            if r[t] not in (0, 1):
+                raise ValueError(f"scene {r['scene_id']}: label {t} is {r[t]!r}, expected 0 or 1")
+            labels[t] = int(r[t])
+        samples.append({"sample_id": f"friends:{r['scene_id']}", "source": "friends", "character": name,
+                        "info": {"name": name}, "window": r["scene_id"],
+                        "turns": [{"speaker": t["speaker"], "text": t["text"]} for t in turns], "lines": own,
+                        "labels": labels})
+    return samples, {"windows": len(samples), "dropped_min_lines": dropped,
+                     "characters": len({s["character"] for s in samples})}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Personality prompt and SFT rows
+
+
+def check_vector(vector: Mapping) -> dict[str, float]:
+    """The personality vector as {O..N: number}; a ValueError names a missing or extra key or a bad value (a
+    TypeError says the vector is not a mapping).
+
+    Each value must be a finite real number (not a bool) in [-5, 5], the assessment scale.
+    """
+    if not isinstance(vector, Mapping):
+        raise TypeError(f"personality vector must be a mapping of {list(TRAITS)} to scores, got "
+                         f"{type(vector).__name__}")
+    missing = [t for t in TRAITS if t not in vector]
+    extra = [k for k in vector if k not in TRAITS]
+    if missing or extra:
+        raise ValueError(f"personality vector must have exactly the keys {list(TRAITS)}: "
+                         f"missing {missing}, unexpected {extra}")
+    out = {}
+    lo, hi = SCORE_RANGE
+    for t in TRAITS:
+        v = vector[t]
+        if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(float(v)) or not lo <= v <= hi:
+            raise ValueError(f"personality vector: {t} = {v!r} is not a finite number in [{lo}, {hi}]")
+        out[t] = int(v) if isinstance(v, Integral) else float(v)
+    return out
+
+
+def _score_text(value: float) -> str:
+    """+3, -1, 0, +2.5, +2.33: integers without decimals, others to two."""
+    if float(value).is_integer():
+        return f"{int(value):+d}" if value else "0"
+    return f"{value:+.2f}".rstrip("0")
+
+
+def _template_fields(template: str) -> set[str]:
+    return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+
+
+def personality_prompt(vector: Mapping, info: Mapping, template: str) -> str:
+    """The personality prompt that conditions the student: Big-Five scores plus character information.
+
+    Template fields: {name}, {info} (a sentence of the known house/species/gender), {scores} (one "Openness: +3"
+    line per trait) and {O} ... {N} (each score alone).
+    """
+    scores = check_vector(vector)
+    unknown = _template_fields(template) - PERSONA_FIELDS
+    if unknown:
+        raise ValueError(f"personality template has unknown placeholders {sorted(unknown)}; "
+                         f"allowed: {sorted(PERSONA_FIELDS)}")
+    name = str(info.get("name") or "").strip()
+    if not name:
+        raise ValueError(f"character info has no name: {dict(info)!r}")
+    known = [f"{f.capitalize()}: {info[f]}" for f in INFO_FIELDS if _known(info.get(f)) is not None]
+    info_text = ("Character information: " + "; ".join(known) + ".") if known else ""
+    lines = "\n".join(f"{NAMES[t]}: {_score_text(scores[t])}" for t in TRAITS)
+    text = template.format(name=name, info=info_text, scores=lines, **{t: _score_text(scores[t]) for t in TRAITS})
+    return "\n".join(line.rstrip() for line in text.strip().splitlines())
+
+
+def render_turns(turns: Sequence[Mapping]) -> str:
+    """Dialogue turns as "Speaker: text" lines."""
+    return "\n".join(f"{t['speaker']}: {t['text']}" for t in turns)
+
+
+def reply_rows(samples: Sequence[dict], vectors: Mapping[str, Mapping], template: str,
+               context_turns: int = 1) -> tuple[list[dict], dict]:
+    """(rows, stats): SFT rows in conversational prompt-completion form, one per reply of the character.
+
+    A reply is a line of the sample's character whose immediately preceding turn is by someone else; the user
+    message holds up to `context_turns` turns before it ("Speaker: text" lines, possibly including the character's
+    own earlier lines), the system message the personality prompt of the sample's vector (`vectors[sample_id]`).
+    Lines without such a preceding turn are skipped and counted; so are samples without a vector (e.g. dropped as
+    outliers). Each row carries sample_id and turn (the line's index in the sample's turns).
+    """
+    if not isinstance(context_turns, int) or context_turns < 1:
+        raise ValueError(f"context_turns must be an integer >= 1, got {context_turns!r}")
+    rows, stats = [], Counter()
+    for s in samples:
+        if s["sample_id"] not in vectors:
+            stats["samples_without_vector"] += 1
+            continue
+        system = personality_prompt(vectors[s["sample_id"]], s["info"], template)
+        turns = s["turns"]
+        for i, turn in enumerate(turns):
+            if turn["speaker"] != s["character"]:
+                continue
+            if i == 0 or turns[i - 1]["speaker"] == s["character"]:
+                stats["no_preceding_turn"] += 1
+                continue
+            context = render_turns(turns[max(0, i - context_turns):i])
+            rows.append({"prompt": [{"role": "system", "content": system}, {"role": "user", "content": context}],
+                         "completion": [{"role": "assistant", "content": turn["text"]}],
+                         "sample_id": s["sample_id"], "turn": i})
+    stats["rows"] = len(rows)
+    return rows, {k: int(stats.get(k, 0)) for k in ("rows", "no_preceding_turn", "samples_without_vector")}
+
+
+def load_template(path: str | Path) -> str:
+    """A prompt template file's text (params/prompts/dpg_*.txt)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt template not found: {path}")
+    return path.read_text(encoding="utf-8")

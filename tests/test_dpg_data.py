@@ -1,0 +1,202 @@
+"""DPG data logic: the Harry Potter script tables, character windows, FriendsPersona samples, the personality prompt
+and the SFT rows."""
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lib import dpg
+
+ROOT = Path(__file__).resolve().parents[1]
+MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data"
+PERSONA = (ROOT / "params/prompts/dpg_persona.txt").read_text()
+VECTOR = {"O": 3, "C": -1, "E": 0, "A": 2.5, "N": -4.333}
+
+# Film order differs from Movie_ID order (Movie_ID 2 came out first), and chapter 21 opens film 1 before chapter 20.
+MOVIES = "Movie_ID,Movie_Title,Release_Year,Runtime\n1,Second Film,2003,150\n2,First Film,2001,140\n"
+CHAPTERS = "Chapter_ID,Chapter_Name,Movie_ID,Movie_Chapter\n10,Back,1,1\n20,Platform,2,2\n21,Sorting,2,1\n"
+CHARACTERS = ("Character_ID,Character_Name,Species,Gender,House,Patronus\n1,Harry Potter,Human,Male,Gryffindor,Stag\n"
+              "2,Ron Weasley,Human,Male,unknown,unknown\n3,Sorting Hat,,,Unknown,mouse\n")
+DIALOGUE = [(1, 21, 2, "Hi."), (2, 21, 1, "Hello Ron."), (3, 21, 3, "Hmm."), (4, 21, 3, "Difficult. Very difficult."),
+            (5, 21, 1, "Not Slytherin."), (6, 21, 2, "Bloody hell."), (7, 20, 1, "Platform 9&\xbe?"),
+            # a UTF-8 en dash inside the latin-1 file, as the mirror has: it must come back as "–"
+            (8, 20, 2, "Ok\xe2\x80\x93 fine."), (9, 10, 1, "Back again.")]
+
+
+def _write_hp(root: Path, characters: str = CHARACTERS, dialogue=DIALOGUE) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "hp_movies_Movies.csv").write_text(MOVIES, encoding="utf-8-sig")
+    (root / "hp_movies_Chapters.csv").write_text(CHAPTERS, encoding="latin-1")
+    (root / "hp_movies_Characters.csv").write_text(characters, encoding="latin-1")
+    rows = "".join(f'{d},{c},8,{who},"{text}"\r\n' for d, c, who, text in dialogue)
+    (root / "hp_movies_Dialogue.csv").write_bytes(
+        ("Dialogue_ID,Chapter_ID,Place_ID,Character_ID,Dialogue\r\n" + rows).encode("latin-1"))
+    return root
+
+
+@pytest.fixture
+def hp_root(tmp_path) -> Path:
+    return _write_hp(tmp_path / "characters")
+
+
+def test_hp_lines_are_in_film_order_with_repaired_text(hp_root):
+    lines = dpg.load_hp_lines(hp_root)
+    assert list(lines.columns) == dpg.HP_COLUMNS
+    assert lines["dialogue_id"].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert lines["movie"].tolist() == [1] * 8 + [2]
+    assert lines["position"].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 1]
+    assert lines.loc[6, "text"] == "Platform 9&¾?"
+    assert lines.loc[7, "text"] == "Ok– fine."
+    assert lines.loc[0, ["character", "species", "gender", "house"]].tolist() == ["Ron Weasley", "Human", "Male",
+                                                                                 "unknown"]
+
+
+def test_hp_chapter_order_follows_movie_chapter_not_id(tmp_path):
+    # chapter 20 lines get lower dialogue ids but chapter 21 comes first in the film
+    dialogue = [(1, 20, 1, "Later."), (2, 21, 2, "Earlier.")]
+    lines = dpg.load_hp_lines(_write_hp(tmp_path, dialogue=dialogue))
+    assert lines["text"].tolist() == ["Earlier.", "Later."]
+    assert lines["position"].tolist() == [1, 2]
+
+
+def test_hp_missing_file_and_columns_are_named(tmp_path, hp_root):
+    (hp_root / "hp_movies_Movies.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="hp_movies_Movies.csv"):
+        dpg.load_hp_lines(hp_root)
+    bad = _write_hp(tmp_path / "bad", characters="Character_ID,Character_Name,Species,Gender\n1,Harry Potter,H,M\n")
+    with pytest.raises(ValueError, match=r"hp_movies_Characters.csv: missing columns \['House'\]"):
+        dpg.load_hp_lines(bad)
+
+
+def test_hp_unknown_speaker_is_an_error(tmp_path):
+    root = _write_hp(tmp_path, dialogue=[(1, 21, 9, "Who am I?")])
+    with pytest.raises(ValueError, match=r"Character_ID \[9\] not in .*hp_movies_Characters.csv"):
+        dpg.load_hp_lines(root)
+
+
+def test_hp_windows_ids_context_and_drops(hp_root):
+    lines = dpg.load_hp_lines(hp_root)
+    samples, stats = dpg.hp_windows(lines, None, min_lines=2, context_turns=1)
+    assert [s["sample_id"] for s in samples] == ["hp:21:ron-weasley", "hp:21:harry-potter", "hp:21:sorting-hat"]
+    # chapter 20 (Harry 1 line, Ron 1 line) and chapter 10 (Harry 1 line) fall below min_lines
+    assert stats["dropped_min_lines"] == 3 and stats["windows"] == 3 and stats["characters"] == 3
+    ron, harry, hat = samples
+    # Ron speaks at 0 and 5 of 6 lines: with one turn of context either side, lines 0, 1, 4, 5
+    assert ron["turns"] == [{"speaker": "Ron Weasley", "text": "Hi."},
+                            {"speaker": "Harry Potter", "text": "Hello Ron."},
+                            {"speaker": "Harry Potter", "text": "Not Slytherin."},
+                            {"speaker": "Ron Weasley", "text": "Bloody hell."}]
+    assert ron["lines"] == ["Hi.", "Bloody hell."]
+    assert len(harry["turns"]) == 6 and [t["text"] for t in hat["turns"]] == [
+        "Hello Ron.", "Hmm.", "Difficult. Very difficult.", "Not Slytherin."]
+    assert ron["info"] == {"name": "Ron Weasley", "species": "Human", "gender": "Male"}  # house "unknown" dropped
+    assert hat["info"] == {"name": "Sorting Hat"}  # NaN species and gender, "Unknown" house
+    assert harry["info"]["house"] == "Gryffindor"
+    assert all(s["source"] == "hp" and s["labels"] is None and s["window"] == 21 and s["movie"] == 1 for s in samples)
+
+
+def test_hp_windows_are_stable_and_filter_characters(hp_root):
+    lines = dpg.load_hp_lines(hp_root)
+    shuffled = lines.sample(frac=1.0, random_state=3)
+    a, _ = dpg.hp_windows(lines, ["Harry Potter"], min_lines=1, context_turns=0)
+    b, _ = dpg.hp_windows(shuffled, ["Harry Potter"], min_lines=1, context_turns=0)
+    assert a == b
+    assert [s["sample_id"] for s in a] == ["hp:21:harry-potter", "hp:20:harry-potter", "hp:10:harry-potter"]
+    assert a[0]["turns"] == [{"speaker": "Harry Potter", "text": "Hello Ron."},
+                             {"speaker": "Harry Potter", "text": "Not Slytherin."}]  # no context: own lines only
+    whole, _ = dpg.hp_windows(lines, ["Sorting Hat"], min_lines=1, context_turns=None)
+    assert len(whole[0]["turns"]) == 6
+    with pytest.raises(ValueError, match=r"characters \['Dobby'\] never speak"):
+        dpg.hp_windows(lines, ["Dobby"], 1, 1)
+    with pytest.raises(ValueError, match="min_lines"):
+        dpg.hp_windows(lines, None, 0, 1)
+
+
+@pytest.mark.skipif(not (MIRROR / "characters" / "hp_movies_Dialogue.csv").is_file(), reason="no offline mirror")
+def test_real_hp_scripts():
+    lines = dpg.load_hp_lines(MIRROR / "characters")
+    assert sorted(lines["movie"].unique()) == list(range(1, 9))
+    harry = lines[lines["character"] == "Harry Potter"]
+    assert sorted(harry["movie"].unique()) == list(range(1, 9))
+    assert not lines["text"].str.contains("\u00e2\u0080").any()  # no UTF-8 read as latin-1 left
+    assert (lines.groupby("movie")["position"].apply(lambda p: p.tolist() == list(range(1, len(p) + 1)))).all()
+    samples, stats = dpg.hp_windows(lines, ["Harry Potter", "Hermione Granger"], min_lines=3, context_turns=2)
+    assert stats["windows"] == len(samples) > 100 and stats["dropped_min_lines"] > 0
+    assert len({s["sample_id"] for s in samples}) == len(samples)
+    harry = next(s for s in samples if s["character"] == "Harry Potter")
+    assert harry["info"] == {"name": "Harry Potter", "house": "Gryffindor", "species": "Human", "gender": "Male"}
+
+
+def test_friends_windows_keep_human_labels():
+    df = pd.DataFrame([
+        {"scene_id": "s01e01c01", "character": "Joey", "text": "a b",
+         "turns": [{"speaker": "Ross", "text": "Hi."}, {"speaker": "Joey", "text": "a"},
+                   {"speaker": "Joey", "text": "b"}], "O": 1, "C": 0, "E": 1, "A": 1, "N": 0},
+        {"scene_id": "s01e01c02", "character": "Ross", "text": "c",
+         "turns": [{"speaker": "Ross", "text": "c"}, {"speaker": "Joey", "text": "d"}],
+         "O": 0, "C": 0, "E": 0, "A": 0, "N": 1},
+    ])
+    samples, stats = dpg.friends_windows(df, min_lines=2)
+    assert stats == {"windows": 1, "dropped_min_lines": 1, "characters": 1}
+    (s,) = samples
+    assert s["sample_id"] == "friends:s01e01c01" and s["source"] == "friends" and s["info"] == {"name": "Joey"}
+    assert s["labels"] == {"O": 1, "C": 0, "E": 1, "A": 1, "N": 0} and s["lines"] == ["a", "b"]
+    df.loc[1, "N"] = 2
+    with pytest.raises(ValueError, match="label N is 2"):
+        dpg.friends_windows(df, min_lines=1)
+
+
+def test_personality_prompt_fills_scores_and_known_info():
+    info = {"name": "Ron Weasley", "house": "Gryffindor", "species": "unknown"}
+    text = dpg.personality_prompt(VECTOR, info, "{name}|{info}|{O}{N}\n{scores}")
+    assert text == ("Ron Weasley|Character information: House: Gryffindor.|+3-4.33\n"
+                    "Openness: +3\nConscientiousness: -1\nExtraversion: 0\nAgreeableness: +2.5\nNeuroticism: -4.33")
+    real = dpg.personality_prompt(VECTOR, {"name": "Sorting Hat"}, PERSONA)
+    assert real.startswith("You are Sorting Hat.\n") and "Agreeableness: +2.5" in real and "{" not in real
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"N": None}, r"N = None is not a finite number"),
+    ({"O": 6}, r"O = 6 is not a finite number in \[-5, 5\]"),
+    ({"C": -5.5}, r"C = -5.5"),
+    ({"E": math.nan}, r"E = nan"),
+    ({"A": True}, r"A = True"),
+    ({"A": "3"}, r"A = '3'"),
+    ({"X": 1}, r"missing \[\], unexpected \['X'\]"),
+])
+def test_personality_vector_is_validated(change, message):
+    vector = {**VECTOR, **change}
+    with pytest.raises(ValueError, match=message):
+        dpg.personality_prompt(vector, {"name": "Ron"}, PERSONA)
+
+
+def test_personality_prompt_rejects_missing_keys_unknown_fields_and_names():
+    with pytest.raises(ValueError, match=r"missing \['N'\]"):
+        dpg.personality_prompt({t: 0 for t in "OCEA"}, {"name": "Ron"}, PERSONA)
+    with pytest.raises(ValueError, match=r"unknown placeholders \['mood'\]"):
+        dpg.personality_prompt(VECTOR, {"name": "Ron"}, "{name} {mood}")
+    with pytest.raises(ValueError, match="no name"):
+        dpg.personality_prompt(VECTOR, {"house": "Gryffindor"}, PERSONA)
+
+
+def test_reply_rows_one_per_reply_to_someone_else():
+    def turn(speaker, text):
+        return {"speaker": speaker, "text": text}
+
+    sample = {"sample_id": "hp:1:harry-potter", "character": "Harry Potter", "info": {"name": "Harry Potter"},
+              "turns": [turn("Harry Potter", "h0"), turn("Ron Weasley", "r1"), turn("Harry Potter", "h2"),
+                        turn("Harry Potter", "h3"), turn("Ron Weasley", "r4"), turn("Hermione Granger", "m5"),
+                        turn("Harry Potter", "h6")]}
+    other = {**sample, "sample_id": "hp:2:harry-potter"}
+    rows, stats = dpg.reply_rows([sample, other], {"hp:1:harry-potter": VECTOR}, PERSONA, context_turns=2)
+    assert stats == {"rows": 2, "no_preceding_turn": 2, "samples_without_vector": 1}
+    system = dpg.personality_prompt(VECTOR, sample["info"], PERSONA)
+    assert rows[0] == {"prompt": [{"role": "system", "content": system},
+                                  {"role": "user", "content": "Harry Potter: h0\nRon Weasley: r1"}],
+                       "completion": [{"role": "assistant", "content": "h2"}], "sample_id": "hp:1:harry-potter",
+                       "turn": 2}
+    assert rows[1]["prompt"][1]["content"] == "Ron Weasley: r4\nHermione Granger: m5"
+    assert rows[1]["completion"][0]["content"] == "h6"
+    one, _ = dpg.reply_rows([sample], {"hp:1:harry-potter": VECTOR}, PERSONA, context_turns=1)
+    assert one[1]["prompt"][1]["content"] == "Hermione Granger: m5"
