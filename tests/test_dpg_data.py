@@ -140,8 +140,13 @@ def test_friends_windows_keep_human_labels():
     samples, stats = dpg.friends_windows(df, min_lines=2)
     assert stats == {"windows": 1, "dropped_min_lines": 1, "characters": 1}
     (s,) = samples
-    assert s["sample_id"] == "friends:s01e01c01" and s["source"] == "friends" and s["info"] == {"name": "Joey"}
+    assert s["sample_id"] == "friends:s01e01c01:joey:1" and s["source"] == "friends" and s["info"] == {"name": "Joey"}
     assert s["labels"] == {"O": 1, "C": 0, "E": 1, "A": 1, "N": 0} and s["lines"] == ["a", "b"]
+    both = pd.concat([df, df.iloc[[0]].assign(character="Ross")], ignore_index=True)  # one scene, two focus characters
+    assert len(dpg.friends_windows(both, min_lines=1)[0]) == 3
+    parts = dpg.friends_windows(pd.concat([df, df.iloc[[0]]]), min_lines=1)[0]  # one scene in two labelled parts
+    assert [s["sample_id"] for s in parts] == ["friends:s01e01c01:joey:1", "friends:s01e01c02:ross:1",
+                                               "friends:s01e01c01:joey:2"]
     df.loc[1, "N"] = 2
     with pytest.raises(ValueError, match="label N is 2"):
         dpg.friends_windows(df, min_lines=1)
@@ -200,3 +205,27 @@ def test_reply_rows_one_per_reply_to_someone_else():
     assert rows[1]["completion"][0]["content"] == "h6"
     one, _ = dpg.reply_rows([sample], {"hp:1:harry-potter": VECTOR}, PERSONA, context_turns=1)
     assert one[1]["prompt"][1]["content"] == "Hermione Granger: m5"
+
+
+def _named(counts: dict[str, int]) -> list[dict]:
+    return [{"sample_id": f"{c}:{i}", "character": c} for c, n in counts.items() for i in range(n)]
+
+
+def test_select_windows_keeps_the_most_frequent_characters_and_caps_each():
+    samples = _named({"Harry": 5, "Ron": 3, "Dobby": 1, "Hermione": 3})
+    picked = dpg.select_windows(samples, max_characters=2, max_per_character=2, seed=0)
+    assert sorted({s["character"] for s in picked}) == ["Harry", "Hermione"]  # Hermione beats Ron on the name tie
+    assert [s["character"] for s in picked].count("Harry") == 2
+    harry = [int(s["sample_id"].split(":")[1]) for s in picked if s["character"] == "Harry"]
+    assert harry == sorted(harry)  # script order kept
+    assert picked == dpg.select_windows(samples, 2, 2, seed=0)
+    assert len(dpg.select_windows(samples, None, None)) == 12
+
+
+def test_heldout_characters_leave_one_for_training():
+    samples = _named({"Harry": 2, "Ron": 1, "Hermione": 1})
+    held = dpg.heldout_characters(samples, 2, seed=0)
+    assert len(held) == 2 and set(held) < {"Harry", "Ron", "Hermione"}
+    assert dpg.heldout_characters(samples, 0) == []
+    with pytest.raises(ValueError, match="at least one must stay"):
+        dpg.heldout_characters(samples, 3)

@@ -262,17 +262,17 @@ def hp_windows(lines: pd.DataFrame, characters: list[str] | None = None, min_lin
 def friends_windows(df: pd.DataFrame, min_lines: int = 1) -> tuple[list[dict], dict]:
     """(samples, stats): one sample per FriendsPersona scene (lib.corpora.load_friends_persona) for its focus
     character, with the scene's human 0/1 labels. Scenes where the focus character has fewer than `min_lines` lines
-    are dropped and counted. Sample keys as `hp_windows` (sample_id "friends:<scene_id>", source "friends", window
+    are dropped and counted. Sample keys as `hp_windows` (sample_id "friends:<scene_id>:<character slug>:<part>": a
+    scene can have several focus characters and parts, each with its own labels; source "friends", window
     the scene id, info {"name"}), labels {O..N: 0/1}."""
     _check_window_args(min_lines, None)
     missing = [c for c in ("scene_id", "character", "turns", *TRAITS) if c not in df.columns]
     if missing:
         raise ValueError(f"FriendsPersona frame lacks columns {missing} (use lib.corpora.load_friends_persona)")
-    dup = df["scene_id"][df["scene_id"].duplicated()]
-    if len(dup):
-        raise ValueError(f"FriendsPersona scene ids repeat: {sorted(set(dup))[:5]}")
     samples, dropped = [], 0
+    part = Counter()  # the corpus splits some scenes into parts per focus character, each labelled on its own
     for r in df.to_dict("records"):
+        part[(r["scene_id"], r["character"])] += 1
         name, turns = r["character"], list(r["turns"])
         own = [t["text"] for t in turns if t["speaker"] == name]
         if len(own) < min_lines:
@@ -283,12 +283,39 @@ def friends_windows(df: pd.DataFrame, min_lines: int = 1) -> tuple[list[dict], d
             if r[t] not in (0, 1):
                 raise ValueError(f"scene {r['scene_id']}: label {t} is {r[t]!r}, expected 0 or 1")
             labels[t] = int(r[t])
-        samples.append({"sample_id": f"friends:{r['scene_id']}", "source": "friends", "character": name,
+        sid = f"friends:{r['scene_id']}:{slug(name)}:{part[(r['scene_id'], name)]}"
+        samples.append({"sample_id": sid, "source": "friends", "character": name,
                         "info": {"name": name}, "window": r["scene_id"],
                         "turns": [{"speaker": t["speaker"], "text": t["text"]} for t in turns], "lines": own,
                         "labels": labels})
     return samples, {"windows": len(samples), "dropped_min_lines": dropped,
                      "characters": len({s["character"] for s in samples})}
+
+
+def select_windows(samples: Sequence[dict], max_characters: int | None, max_per_character: int | None,
+                   seed: int = 0) -> list[dict]:
+    """The `max_characters` characters with the most windows (ties by name), each with at most `max_per_character`
+    windows drawn by a seeded shuffle and kept in script order. None: no limit."""
+    counts = Counter(s["character"] for s in samples)
+    ranked = sorted(counts, key=lambda c: (-counts[c], c))
+    keep = set(ranked if max_characters is None else ranked[:max_characters])
+    out = []
+    for name in sorted(keep):
+        own = [s for s in samples if s["character"] == name]
+        if max_per_character is not None and len(own) > max_per_character:
+            picked = pd.Series(range(len(own))).sample(n=max_per_character, random_state=seed).sort_values()
+            own = [own[i] for i in picked]
+        out += own
+    return out
+
+
+def heldout_characters(samples: Sequence[dict], n: int, seed: int = 0) -> list[str]:
+    """`n` characters drawn by a seeded shuffle whose windows are never trained on (generation uses their vectors as
+    prompts the students have not seen). At least one character must stay for training."""
+    names = sorted({s["character"] for s in samples})
+    if n < 0 or n >= len(names):
+        raise ValueError(f"cannot hold out {n} of {len(names)} characters: at least one must stay for training")
+    return sorted(pd.Series(names).sample(n=n, random_state=seed)) if n else []
 
 
 # ---------------------------------------------------------------------------------------------------------------
