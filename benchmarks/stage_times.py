@@ -4,7 +4,8 @@
 
 A stage's paper is the suffix of its executed notebook (`08_sft_pchat_pt` belongs to pchat); `03_classifier` is
 shared (JIC's filter and eval, BIG5-CHAT's α sweep) and counted once in the total. Goal on the cpu profile, on a
-2-core machine: the three papers' DAG in <= 60 min cold. Each stage has a budget (below) that sums to the goal; a
+2-core machine: the three papers' DAG in <= 60 min cold, and each newer paper's path in <= 15 min on its own
+(DPG_GOAL_S; its stages are budgeted separately and not counted in the three-paper total). Each stage has a budget (below) that sums to the goal; a
 stage over its budget is flagged. 00_models is not a notebook: its time (the GGUF conversion, about 30 s, once) is
 `make main`'s own clock and sits in the budget as a constant.
 """
@@ -22,6 +23,9 @@ from benchmarks.results_io import save_result  # after the sys.path line above
 
 GOAL_S = 60 * 60
 PAPERS = ("jic", "big5chat", "pchat")
+DPG_GOAL_S = 15 * 60  # the DPG cpu path alone (issue: "<= 15 minutes on this machine")
+# DPG's stages built so far; the rest of its 15 minutes is left for 08_sft, 10_hypernet, 11_generate and 12_eval.
+DPG_BUDGET_S = {"01_scrape_dpg": 15, "05_label_dpg": 420}
 SHARED = {"03_classifier": ("jic", "big5chat")}
 MODELS_S = 30  # 00_models, not a notebook
 # Seconds per stage (executed notebook stem) that together fit the goal: the 2026-12-02 cold run (2,909 s) plus
@@ -52,7 +56,7 @@ def stage_rows(notebooks: Path) -> list[dict]:
         if meta.get("start_time") and meta.get("end_time"):
             start, end = (datetime.fromisoformat(meta[k]) for k in ("start_time", "end_time"))
             seconds = round((end - start).total_seconds(), 1)
-            budget = BUDGET_S.get(nb.stem)
+            budget = BUDGET_S.get(nb.stem, DPG_BUDGET_S.get(nb.stem))
             rows.append({"stage": nb.stem, "seconds": seconds, "budget_s": budget,
                          "over_budget": budget is not None and seconds > budget, "started": meta["start_time"],
                          "profile": meta.get("parameters", {}).get("profile"), "papers": list(paper_of(nb.stem))})
@@ -62,14 +66,17 @@ def stage_rows(notebooks: Path) -> list[dict]:
 def main() -> None:
     rows = stage_rows(ROOT / "reports" / "notebooks")
     per_paper = {p: round(sum(r["seconds"] for r in rows if p in r["papers"]), 1) for p in PAPERS}
-    total = round(MODELS_S + sum(r["seconds"] for r in rows), 1)
+    total = round(MODELS_S + sum(r["seconds"] for r in rows if not r["stage"].endswith("_dpg")), 1)
+    dpg_total = round(sum(r["seconds"] for r in rows if r["stage"].endswith("_dpg")), 1)
     missing = sorted(set(BUDGET_S) - {r["stage"] for r in rows})
     for r in rows:
         flag = "  OVER" if r["over_budget"] else ""
         print(f"| {r['stage']} | {r['seconds']:.0f} | {r['budget_s']} |{flag}", file=sys.stderr)
     save_result({"stages": rows, "per_paper_s": per_paper, "models_s": MODELS_S, "total_s": total,
                  "budget_total_s": MODELS_S + sum(BUDGET_S.values()), "goal_s": GOAL_S,
-                 "ratio_to_goal": round(total / GOAL_S, 3), "not_run": missing},
+                 "ratio_to_goal": round(total / GOAL_S, 3), "not_run": missing,
+                 "dpg": {"total_s": dpg_total, "goal_s": DPG_GOAL_S, "ratio_to_goal": round(dpg_total / DPG_GOAL_S, 3),
+                         "budget_s": DPG_BUDGET_S}},
                 ROOT / "benchmarks" / "results" / "stage_times.json")
 
 

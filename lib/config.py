@@ -142,7 +142,7 @@ def spec_dir(spec: str) -> Path:
     return ROOT / "models" / "base" / slug(spec)
 
 
-TEACHER_STAGES = (("synthesize", "jic"), ("label", "pchat"), ("synthesize", "pchat"))
+TEACHER_STAGES = (("synthesize", "jic"), ("label", "pchat"), ("synthesize", "pchat"), ("label", "dpg"))
 
 
 def model_specs(cfg: dict) -> dict[str, str]:

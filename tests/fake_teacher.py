@@ -56,6 +56,12 @@ def _trait_labels(prompt: str) -> str:
     return "\n".join(f"{name}: {answer}" for name, answer in zip(_TRAIT_NAMES, answers))
 
 
+def _dpg_assessment(seed: bytes) -> str:
+    """A valid DPG assessment: JSON with an analysis and an integer result in [-5, 5], fixed by the prompt."""
+    score = hashlib.sha256(seed).digest()[0] % 11 - 5
+    return json.dumps({"analysis": "The character's lines show this on some facets.", "result": score})
+
+
 def _pchat_dialogue(prompt: str, seed: bytes) -> str | None:
     """A valid dialogue for a PersonalityChat whole-dialogue prompt ("between M and N utterances"), else None."""
     counts = re.findall(r"between (\d+) and (\d+) utterances", prompt)
@@ -70,13 +76,16 @@ def scripted_dialogue_reply(messages: list[dict]) -> str:
     """A valid reply for every teacher prompt of the pipeline; deterministic in `messages`.
 
     JIC's whole-dialogue prompt gets a dialogue of the asked turns, PersonalityChat's persona-labelling prompt five
-    valid labels and its dialogue prompt a dialogue of the most utterances allowed; anything else one short utterance.
+    valid labels and its dialogue prompt a dialogue of the most utterances allowed, DPG's assessment prompt a JSON
+    score; anything else one short utterance.
     """
     seed = json.dumps(messages, sort_keys=True).encode()
     users = [m.get("content", "") for m in messages if m.get("role") == "user"]
     first = users[0] if users else ""
     if "Big Five personality traits" in first and "No clues" in first:
         return _trait_labels(first)
+    if "psychologist" in first and '"result"' in first:
+        return _dpg_assessment(seed)
     pchat = _pchat_dialogue(first, seed)
     if pchat is not None:
         return pchat

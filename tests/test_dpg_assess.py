@@ -260,3 +260,18 @@ def test_psdc_validates_shapes_and_range():
         assess.psdc(good, bad)
     with pytest.raises(ValueError, match="no sample has complete"):
         assess.psdc(np.full((1, 5), np.nan), np.zeros((1, 5)))
+
+
+def test_option_logliks_read_all_options_off_one_row_and_agree_with_likert_loglik(tiny, monkeypatch):
+    model, tokenizer = tiny
+    template = "Assess the {trait_name} of {character}.\n{dialogue}\n{answer_format}"
+    chats = [assess.assessment_chats(_sample(), t, template, answer="score") for t in ("O", "C", "N")]
+    slow = likert_loglik(model, tokenizer, chats, assess.SCORE_OPTIONS, batch_size=4)
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the one-row reading fell back to scoring every option on its own row")
+
+    monkeypatch.setattr(assess, "likert_loglik", no_fallback)
+    fast = assess.option_logliks(model, tokenizer, chats, batch_size=2)
+    np.testing.assert_allclose(fast, slow, atol=1e-4)
+    assert not np.allclose(fast[:, 0], fast[:, 5])  # "-5" and "0" really differ

@@ -268,11 +268,56 @@ def score_probs(logp: np.ndarray) -> np.ndarray:
     return probs / probs.sum(axis=1, keepdims=True)
 
 
+def option_logliks(model, tokenizer, chats: list[Messages], batch_size: int = 8) -> np.ndarray:
+    """Log-probability of each of the eleven options as the assistant's reply (n_chats x 11), one row per chat.
+
+    The options "-5" ... "5" are one or two tokens ("-" then a digit under most tokenizers), and every option's
+    tokens but its last are a prefix of the row prompt + "-5": the distributions at the row's last prompt position
+    and after its "-" score all eleven at once, 11x fewer rows than scoring each option on its own row
+    (lib.psychometrics.likert_loglik, which gives the same numbers and is the fallback for other tokenizations).
+    """
+    import torch
+
+    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
+    rows, reads = [], []
+    for text in texts:
+        prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+        opts = []
+        for option in SCORE_OPTIONS:
+            full = tokenizer(text + option, add_special_tokens=False)["input_ids"]
+            opts.append(full[len(prompt):] if full[:len(prompt)] == prompt else None)
+        longest = max((o for o in opts if o), key=len, default=None)
+        if longest is None or any(o is None or not o or o[:-1] != longest[:len(o) - 1] for o in opts):
+            return likert_loglik(model, tokenizer, chats, SCORE_OPTIONS, batch_size=batch_size)
+        rows.append(prompt + longest[:-1])
+        reads.append((len(prompt), opts))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = np.empty((len(chats), len(SCORE_OPTIONS)))
+    was = model.training
+    model.eval()
+    with torch.inference_mode():
+        for lo in range(0, len(rows), batch_size):
+            chunk = rows[lo:lo + batch_size]
+            width = max(map(len, chunk))
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)  # right padding: positions start at 0
+            mask = torch.zeros_like(ids)
+            for r, row in enumerate(chunk):
+                ids[r, :len(row)], mask[r, :len(row)] = torch.tensor(row), 1
+            logp = torch.log_softmax(model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
+                                     .logits.float(), dim=-1).cpu()
+            for r in range(len(chunk)):
+                prompt_len, opts = reads[lo + r]
+                for j, option_ids in enumerate(opts):  # token k of the option is predicted at position prompt_len-1+k
+                    out[lo + r, j] = sum(float(logp[r, prompt_len - 1 + k, t]) for k, t in enumerate(option_ids))
+    model.train(was)
+    return out
+
+
 def loglik_scores(model, tokenizer, chats: list[Messages], batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(expected, best): per chat, the expected score over -5..5 under the softmax of the options' log-likelihoods
     as the assistant's whole reply, and the most likely option. Build the chats with answer="score", so that the
     reply the model is asked for is the number alone."""
-    logp = likert_loglik(model, tokenizer, chats, SCORE_OPTIONS, batch_size=batch_size)
+    logp = option_logliks(model, tokenizer, chats, batch_size=batch_size)
     probs = score_probs(logp)
     return probs @ SCORE_VALUES, SCORE_VALUES[logp.argmax(axis=1)]
 
