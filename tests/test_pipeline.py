@@ -84,7 +84,7 @@ def test_tiny_dag_runs_end_to_end(tiny_run, teacher):
                         "01_scrape_big5chat", "07_dexperts_big5chat", "08_sft_big5chat", "09_dpo_big5chat",
                         "11_generate_big5chat", "12_eval_big5chat", "01_scrape_pchat", "05_label_pchat",
                         "06_synthesize_pchat", "08_sft_pchat@p", "08_sft_pchat@pt", "08_sft_pchat@ppt",
-                        "11_generate_pchat", "12_eval_pchat"}
+                        "11_generate_pchat", "12_eval_pchat", "01_scrape_dpg", "05_label_dpg"}
     assert json.loads(_dvc(repo, "status", "--json").stdout) == {}  # nothing left stale
     synth = json.loads((repo / "reports/metrics/06_synthesize_jic.json").read_text())
     assert synth["dialogues"] == synth["pairs"] > 0 and synth["acceptance_rate"] == 1.0
