@@ -127,7 +127,7 @@ def test_profile_lora_and_trainer_keys_are_library_names(profile):
 
     cfg = config.load(profile)
     sections = [(("sft", "jic"), SFTConfig), (("sft", "big5chat"), SFTConfig), (("dexperts", "expert"), SFTConfig),
-                (("dpo", "big5chat"), DPOConfig)]
+                (("dpo", "big5chat"), DPOConfig), (("sft", "dpg"), SFTConfig)]
     for keys, trainer_config in sections:
         node = cfg[keys[0]][keys[1]]
         where = f"{profile}: {'.'.join(keys)}"
