@@ -225,8 +225,10 @@ def test_the_paper_dag_runs_end_to_end(paper_run):
     listed = json.loads(subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo,
                                        env=paper_run["env"], capture_output=True, text=True, check=True).stdout)
     assert listed == {}  # nothing left stale
-    assert len(ran) == 26 and {"07_dexperts_big5chat", "09_dpo_big5chat", "12_eval_pchat", "12_eval_jic",
-                               "05_label_dpg"} <= ran
+    assert len(ran) == 30 and {"07_dexperts_big5chat", "09_dpo_big5chat", "12_eval_pchat", "12_eval_jic",
+                               "05_label_dpg", "08_sft_dpg", "10_hypernet_dpg", "11_generate_dpg", "12_eval_dpg"} <= ran
+    dpg_eval = json.loads((repo / "reports/metrics/12_eval_dpg.json").read_text())
+    assert dpg_eval["assessor"] == "openai" and set(dpg_eval["psdc"]) == {"base", "prompt", "lora_sft", "dpg"}
     assert paper_run["pullpush"] >= 1
     raw = (repo / "data/raw/pullpush_Journaling.jsonl").read_text()
     assert raw and "writer_" not in raw and "AutoModerator" not in raw  # salted pseudonyms only, the bot dropped

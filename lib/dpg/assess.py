@@ -25,6 +25,8 @@ import json
 import math
 import re
 import string
+import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -32,10 +34,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from lib.config import spec_dir
 from lib.dpg import load_template, render_turns  # noqa: F401  (load_template: re-exported for the notebooks)
 from lib.psychometrics import likert_loglik
+from lib.records import read_jsonl
 from lib.stats import mean_ci
-from lib.teacher import InvalidReply
+from lib.teacher import InvalidReply, Sampling, make_teacher, run_records
 from lib.traits import NAMES, TRAITS
 
 Messages = list[dict]
@@ -334,6 +338,63 @@ def assess_by_loglik(model, tokenizer, samples: Sequence[Mapping], template: str
     rows = pd.DataFrame(records).drop(columns="id")
     rows["score"], rows["best"] = expected, best
     return rows
+
+
+def assessor_teacher(settings: Mapping, cache_path: str | Path):
+    """The teacher of a `label.dpg` section whose backend is "openai" (an endpoint) or "local" (a model 00_models
+    prepared), with its response cache; the API key is read from `api_key_env`, never stored."""
+    local = settings["backend"] == "local"
+    return make_teacher({
+        "backend": settings["backend"], "base_url": settings["base_url"], "api_key_env": settings["api_key_env"],
+        "model": str(spec_dir(settings["model"])) if local else settings["model"],
+        "batch_size": settings["batch_size"], "max_concurrency": settings["max_concurrency"],
+        "max_retries": settings["max_retries"], "cache_path": str(cache_path)})
+
+
+def assess_samples(samples: Sequence[Mapping], template: str, knowledge: Mapping | None, settings: Mapping,
+                   out_path: str | Path, rejects_path: str | Path, *, model=None, tokenizer=None,
+                   teacher=None) -> tuple[pd.DataFrame, dict]:
+    """(rows, stats): the assessment machine over samples, in either reading, resumable; 05 and 12 both use it.
+
+    `settings` is a `label.dpg` params section (backend, max_words, batch_size; and for a teacher repeats,
+    temperature, top_p, max_new_tokens, seed, max_repairs). With backend "loglik" the `model`/`tokenizer` read every
+    (sample, trait) once, deterministically, and the rows are written to `out_path` at the end (a finished file is
+    read back, not recomputed). Otherwise `teacher` (lib.teacher.make_teacher) answers `repeats` times with a seed
+    per run; each accepted score or reject (with its reason) is appended as it arrives, so a killed run resumes and a
+    reply that never parses stays one counted reject. Rows: sample_id, character, trait, run, score.
+    """
+    out_path, rejects_path = Path(out_path), Path(rejects_path)
+    if not samples:
+        raise ValueError(f"no samples to assess for {out_path.name}")
+    start = time.perf_counter()
+    if settings["backend"] == "loglik":
+        if model is None or tokenizer is None:
+            raise ValueError("the loglik reading needs the model and tokenizer")
+        if out_path.exists():
+            return pd.DataFrame(read_jsonl(out_path)), {"kept": True}
+        rows = assess_by_loglik(model, tokenizer, samples, template, knowledge, max_words=settings["max_words"],
+                                batch_size=settings["batch_size"])
+        tmp = out_path.with_suffix(".tmp")
+        rows.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        tmp.replace(out_path)  # never a half-written file that a rerun would take as finished
+        return rows, {"prompts": len(rows), "seconds": time.perf_counter() - start}
+    if teacher is None:
+        raise ValueError(f"backend {settings['backend']!r} needs a teacher")
+    by_id = {s["sample_id"]: s for s in samples}
+    runs = {}
+    for run in range(settings["repeats"]):
+        runs[run] = run_records(
+            assessment_records(samples, run=run),
+            lambda r: assessment_chats(by_id[r["sample_id"]], r["trait"], template, knowledge, settings["max_words"]),
+            parse_record, teacher,
+            Sampling(temperature=settings["temperature"], top_p=settings["top_p"],
+                     max_new_tokens=settings["max_new_tokens"], seed=settings["seed"] + run),
+            out_path, rejects_path, max_repairs=settings["max_repairs"], batch_size=settings["batch_size"]).as_dict()
+    rows = (pd.DataFrame(read_jsonl(out_path)) if out_path.exists()
+            else pd.DataFrame(columns=["sample_id", "character", "trait", "run", "score"]))
+    rejects = read_jsonl(rejects_path) if rejects_path.exists() else []
+    return rows, {"runs": runs, "seconds": time.perf_counter() - start, "rejects": len(rejects),
+                  "reject_reasons": dict(Counter(r["reason"] for r in rejects))}
 
 
 # ---------------------------------------------------------------------------------------------------------------
