@@ -215,3 +215,39 @@ def test_bad_input_is_named(base):
         hn.train_hypernet(mine, tok, _rows(), None, "/nonexistent", HYPER, ARGS | {"num_train_epochs": 1})
     with pytest.raises(FileNotFoundError, match="no trained hypernetwork"):
         hn.HyperLoRA.load("/nonexistent")
+
+
+def test_normalized_conditioning_is_fit_on_the_training_prompts_and_kept(tiny_llama_dir, tmp_path):
+    """normalize_cond: the training prompts' conditioning is centred and scaled per feature (floored), the statistics
+    are saved with the weights and restored on resume, and the conditioning is still learnt."""
+    model, tok = _fresh(tiny_llama_dir)
+    rows = _rows()[:2]
+    hyper_cfg = HYPER | {"normalize_cond": True}
+    args = ARGS | {"max_steps": 40, "learning_rate": 1e-2, "save_steps": 100}
+    metrics = hn.train_hypernet(model, tok, rows, rows, tmp_path, hyper_cfg, args, max_seq_length=64)
+    hyper = hn.HyperLoRA.load(tmp_path / "hypernet")
+    cond = hn.encode_prompts(model, tok, sorted({r["prompt"][0]["content"] for r in rows}))
+    torch.testing.assert_close(hyper.cond_mean, cond.mean(0))
+    std = cond.std(0)
+    assert torch.all(hyper.cond_scale >= 0.1 * std.mean() - 1e-6) and torch.all(hyper.cond_scale >= std - 1e-6)
+    swapped = [dict(rows[0], completion=rows[1]["completion"]), dict(rows[1], completion=rows[0]["completion"])]
+    own = hn.evaluate_loss(model, tok, hyper, hn.tokenize_rows(rows, tok, 64, False))
+    other = hn.evaluate_loss(model, tok, hyper, hn.tokenize_rows(swapped, tok, 64, False))
+    assert metrics["eval_loss"] < metrics["base_eval_loss"] and own < other - 0.1
+    off = hn.HyperLoRA.for_model(model, TARGETS, cond_dim=model.config.hidden_size, r=4)
+    off.fit_conditioning(cond)  # without normalize_cond: the identity stays
+    assert torch.equal(off.cond_mean, torch.zeros_like(off.cond_mean))
+    with pytest.raises(ValueError, match="n >= 2"):
+        hyper.fit_conditioning(cond[:1])
+    # resumed from a checkpoint, the statistics come back with the weights
+    killed, tok = _fresh(tiny_llama_dir)
+    hn.train_hypernet(killed, tok, _rows(), None, tmp_path / "k", hyper_cfg, ARGS, max_seq_length=64, stop_after=3)
+    resumed, tok = _fresh(tiny_llama_dir)
+    hn.train_hypernet(resumed, tok, _rows(), None, tmp_path / "k", hyper_cfg, ARGS, max_seq_length=64)
+    whole, tok = _fresh(tiny_llama_dir)
+    hn.train_hypernet(whole, tok, _rows(), None, tmp_path / "w", hyper_cfg, ARGS, max_seq_length=64)
+    a = hn.HyperLoRA.load(tmp_path / "w" / "hypernet").state_dict()
+    b = hn.HyperLoRA.load(tmp_path / "k" / "hypernet").state_dict()
+    assert set(a) >= {"cond_mean", "cond_scale"}
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)

@@ -7,7 +7,9 @@ stays frozen; only the hypernetwork trains, end to end, with the language-model 
 The paper gives no architecture, so this one is a choice (a parameter each, stated in the README):
 
     cond   = mean-pooled last hidden state of the frozen base over the personality prompt   (encode_prompts)
-    z      = MLP(LayerNorm(cond))                                          shared trunk, width `hidden`
+    z      = MLP(LayerNorm((cond - mu) / sigma))                            shared trunk, width `hidden`; mu, sigma
+                                                                            over the training prompts with
+                                                                            `normalize_cond` (else 0 and 1)
     A[l,m] = Linear_m^A([z ; e_l]) reshaped to r x in_m                    one head per module kind m
     B[l,m] = Linear_m^B([z ; e_l]) reshaped to out_m x r                   weights start at 0: the base, unchanged
     y      = W x + (lora_alpha / r) * B (A x)                              peft's scaling, per sample
@@ -151,7 +153,8 @@ class HyperLoRA(nn.Module):
     """Conditioning vectors [batch, cond_dim] -> {(layer, module): (A [batch, r, in], B [batch, out, r])}."""
 
     def __init__(self, shapes: dict[tuple[int, str], tuple[int, int]], cond_dim: int, r: int = 8,
-                 lora_alpha: float = 16, hidden: int = 128, layer_dim: int = 32, dropout: float = 0.0):
+                 lora_alpha: float = 16, hidden: int = 128, layer_dim: int = 32, dropout: float = 0.0,
+                 normalize_cond: bool = False):
         super().__init__()
         if r < 1 or hidden < 1 or layer_dim < 1 or cond_dim < 1:
             raise ValueError(f"r, hidden, layer_dim and cond_dim must be >= 1 (got {r}, {hidden}, {layer_dim}, "
@@ -166,8 +169,12 @@ class HyperLoRA(nn.Module):
             if {layer for layer, mm in self.shapes if mm == m} != set(self.layers):
                 raise ValueError(f"{m} is not a target in every layer")
         self.config = {"shapes": [[layer, m, *io] for (layer, m), io in self.shapes.items()], "cond_dim": cond_dim,
-                       "r": r, "lora_alpha": lora_alpha, "hidden": hidden, "layer_dim": layer_dim, "dropout": dropout}
-        self.r, self.scale = r, lora_alpha / r
+                       "r": r, "lora_alpha": lora_alpha, "hidden": hidden, "layer_dim": layer_dim, "dropout": dropout,
+                       "normalize_cond": normalize_cond}
+        self.r, self.scale, self.normalize_cond = r, lora_alpha / r, normalize_cond
+        # Standardisation of the conditioning (fit_conditioning): identity until fitted, saved with the weights.
+        self.register_buffer("cond_mean", torch.zeros(cond_dim))
+        self.register_buffer("cond_scale", torch.ones(cond_dim))
         self.trunk = nn.Sequential(nn.LayerNorm(cond_dim), nn.Linear(cond_dim, hidden), nn.GELU(), nn.Dropout(dropout),
                                    nn.Linear(hidden, hidden), nn.GELU())
         self.layer_emb = nn.Embedding(len(self.layers), layer_dim)
@@ -193,10 +200,29 @@ class HyperLoRA(nn.Module):
     def targets(self) -> list[tuple[int, str]]:
         return list(self.shapes)
 
+    @torch.no_grad()
+    def fit_conditioning(self, cond: torch.Tensor, floor: float = 0.1) -> None:
+        """With `normalize_cond`, standardise each conditioning feature by its mean and spread over the training
+        prompts (`cond`: [n_prompts, cond_dim]); a no-op otherwise.
+
+        Pooled hidden states of personality prompts that differ in a few digits are dominated by what all prompts
+        share: centring removes that, so the trunk sees the differences. A feature's scale is floored at `floor` x
+        the mean spread, so features that barely vary over the training prompts are not blown up for a new one.
+        """
+        if not self.normalize_cond:
+            return
+        if cond.dim() != 2 or cond.shape[1] != self.config["cond_dim"] or len(cond) < 2:
+            raise ValueError(f"fit_conditioning needs [n >= 2, {self.config['cond_dim']}] conditioning vectors, got "
+                             f"{tuple(cond.shape)}")
+        cond = cond.float()
+        std = cond.std(dim=0)
+        self.cond_mean.copy_(cond.mean(dim=0))
+        self.cond_scale.copy_(std.clamp(min=floor * float(std.mean()) + 1e-12))
+
     def forward(self, cond: torch.Tensor) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:
         if cond.dim() != 2 or cond.shape[1] != self.config["cond_dim"]:
             raise ValueError(f"conditioning must be [batch, {self.config['cond_dim']}], got {tuple(cond.shape)}")
-        z = self.trunk(cond.float())                                            # [b, hidden]
+        z = self.trunk((cond.float() - self.cond_mean) / self.cond_scale)       # [b, hidden]
         e = self.layer_emb.weight                                               # [L, layer_dim]
         h = torch.cat([z[:, None].expand(-1, len(self.layers), -1), e[None].expand(len(z), -1, -1)], -1)
         out = {}
@@ -296,7 +322,7 @@ def tokenize_rows(rows: Sequence[dict], tokenizer, max_seq_length: int, persona_
     return out
 
 
-def _collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(r["input_ids"]) for r in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # right padding: positions start at 0
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -376,7 +402,7 @@ def evaluate_loss(model, tokenizer, hyper: HyperLoRA | None, rows: list[dict], b
     with torch.no_grad():
         for lo in range(0, len(rows), batch_size):
             chunk = rows[lo:lo + batch_size]
-            batch = {k: v.to(model.device) for k, v in _collate(chunk, pad).items()}
+            batch = {k: v.to(model.device) for k, v in collate(chunk, pad).items()}
             if hyper is None:
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             else:
@@ -419,6 +445,11 @@ def train_hypernet(model, tokenizer, train_rows: list[dict], eval_rows: list[dic
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     step, history, elapsed = 0, [], 0.0
+    prompts = sorted({r["persona"] for r in train})
+    if hyper.normalize_cond and len(prompts) < 2:
+        log.warning("one personality prompt in the training rows: its conditioning is left unnormalised")
+    elif hyper.normalize_cond:  # from the training prompts only; a resumed run gets the same from its checkpoint
+        hyper.fit_conditioning(torch.stack([cond[p] for p in prompts]))
     ckpt = _latest_checkpoint(ckpt_dir)
     if ckpt is not None:
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -434,7 +465,7 @@ def train_hypernet(model, tokenizer, train_rows: list[dict], eval_rows: list[dic
         if stop_after is not None and step >= stop_after:
             return {"stopped_at": step}
         chunk = [train[i] for i in _batch_order(len(train), args["per_device_train_batch_size"], step, args["seed"])]
-        batch = {k: v.to(model.device) for k, v in _collate(chunk, pad).items()}
+        batch = {k: v.to(model.device) for k, v in collate(chunk, pad).items()}
         for group in opt.param_groups:
             group["lr"] = args["learning_rate"] * _lr_factor(step, args)
         weights = hyper(torch.stack([cond[r["persona"]] for r in chunk]).to(model.device))
