@@ -255,16 +255,18 @@ def test_gpu_branches_call_unsloth_and_nf4_as_the_pinned_sources_accept(paper_ru
     calls = paper_run["calls"]
     apis = [c["api"] for c in calls]
     loads = [c for c in calls if c["api"] == "FastLanguageModel.from_pretrained"]
-    # 07's ten experts, 08 (JIC LoRA, RAFt; BIG5-CHAT), 09: every causal training loads through unsloth
-    assert len(loads) == 14 and apis.count("FastLanguageModel.get_peft_model") == 14
+    # 07's ten experts, 08 (JIC LoRA, RAFt; BIG5-CHAT; DPG's LoRA-SFT), 09: every causal training loads through
+    # unsloth (DPG's hypernetwork trains its own per-sample LoRA on the plain base: no unsloth there)
+    assert len(loads) == 15 and apis.count("FastLanguageModel.get_peft_model") == 15
     assert sum(c["kwargs"]["load_in_4bit"] == "True" for c in loads) == 2  # JIC's QLoRA (sft.jic.load_in_4bit)
     assert apis.count("PatchDPOTrainer") == 1
     renders = [c for c in calls if c["api"] == "render_rows"]
     assert renders and all(c["kwargs"]["all_strings"] == "True" for c in renders)
     # 11_generate_jic evaluates the NF4-trained adapters on the NF4 base, through a checked BitsAndBytesConfig
     assert apis.count("from_pretrained (4-bit)") == 3 and "BitsAndBytesConfig" in apis
-    metrics = json.loads((paper_run["repo"] / "models/sft/jic_lora/train_metrics.json").read_text())
-    assert metrics["backend"] == "unsloth"
+    for trained in ("jic_lora", "dpg"):
+        metrics = json.loads((paper_run["repo"] / "models/sft" / trained / "train_metrics.json").read_text())
+        assert metrics["backend"] == "unsloth", trained
 
 
 def test_dpo_under_the_stand_in_keeps_one_adapter(paper_run):
