@@ -30,6 +30,8 @@ VOLATILE = {  # fnmatch patterns: "*" also matches "/"
     "data/cache/*": "the teacher's response cache (SQLite) stores when each answer was cached",
     "*/trainer_state.json": "a trainer checkpoint's state logs runtimes and throughput",
     "*/07_dexperts/generation_seconds.json": "how long 07's generation took, kept so that a resumed run reports it",
+    "models/hypernet/*/checkpoints/*.pt": "a hypernetwork checkpoint keeps the training time so far, so that a "
+                                          "resumed run reports its whole runtime",
     "*/training_args.bin": "torch.save of the TrainingArguments: the absolute output_dir sits inside a zip whose "
                            "layout shifts with the folder name's length",
 }
