@@ -72,12 +72,39 @@ def _pchat_dialogue(prompt: str, seed: bytes) -> str | None:
     return "\n".join(f"{(a, b)[i % 2]}: {_utterance(seed, i)}" for i in range(n_turns))
 
 
+_PERSLLM_FRAMES = {
+    "question": ("What did you feel about the {0} and the {1} when {2} came up?",
+                 "Why did the {0} matter so much to you, and what about the {1}?",
+                 "How do you remember the {0}, the {1} and the {2} now?"),
+    "error": ("Why did you throw the {0} into the lake after the {1} ended?",
+              "Was it you who sold the {0} to the {1} for a {2}?"),
+    "thought": ("I think the {0} mattered more than the {1} that day.",
+                "Honestly, the {0} and the {2} were handled badly by everyone."),
+}
+
+
+def _persllm_reply(messages: list[dict], first: str, seed: bytes) -> str | None:
+    """PersLLM's annotation prompts: an input of the asked type, or an answer in the [Analysis] [Response] form."""
+    system = next((m.get("content", "") for m in messages if m.get("role") == "system"), "")
+    words = _pick(seed, 4)
+    if "[Response]" in system and "Now it's" in system:
+        return (f"[Analysis] I remember the {words[0]} and the {words[1]}; it still matters to me. "
+                f"[Response] Well, the {words[2]} was what counted, and the {words[3]} too.")
+    for kind, marker in (("error", "deliberate mistake"), ("question", "Write one question"),
+                         ("thought", "Write one opinion")):
+        if marker in first:
+            frames = _PERSLLM_FRAMES[kind]
+            return frames[seed[0] % len(frames)].format(*words)
+    return None
+
+
 def scripted_dialogue_reply(messages: list[dict]) -> str:
     """A valid reply for every teacher prompt of the pipeline; deterministic in `messages`.
 
     JIC's whole-dialogue prompt gets a dialogue of the asked turns, PersonalityChat's persona-labelling prompt five
     valid labels and its dialogue prompt a dialogue of the most utterances allowed, DPG's assessment prompt a JSON
-    score; anything else one short utterance.
+    score, PersLLM's input prompts an input of the asked type and its answer prompt an [Analysis] [Response] answer;
+    anything else one short utterance.
     """
     seed = json.dumps(messages, sort_keys=True).encode()
     users = [m.get("content", "") for m in messages if m.get("role") == "user"]
@@ -86,6 +113,9 @@ def scripted_dialogue_reply(messages: list[dict]) -> str:
         return _trait_labels(first)
     if "psychologist" in first and '"result"' in first:
         return _dpg_assessment(seed)
+    persllm = _persllm_reply(messages, first, hashlib.sha256(seed).digest())
+    if persllm is not None:
+        return persllm
     pchat = _pchat_dialogue(first, seed)
     if pchat is not None:
         return pchat

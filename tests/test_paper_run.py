@@ -225,8 +225,9 @@ def test_the_paper_dag_runs_end_to_end(paper_run):
     listed = json.loads(subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo,
                                        env=paper_run["env"], capture_output=True, text=True, check=True).stdout)
     assert listed == {}  # nothing left stale
-    assert len(ran) == 30 and {"07_dexperts_big5chat", "09_dpo_big5chat", "12_eval_pchat", "12_eval_jic",
-                               "05_label_dpg", "08_sft_dpg", "10_hypernet_dpg", "11_generate_dpg", "12_eval_dpg"} <= ran
+    assert len(ran) == 36 and {"07_dexperts_big5chat", "09_dpo_big5chat", "12_eval_pchat", "12_eval_jic",
+                               "05_label_dpg", "08_sft_dpg", "10_hypernet_dpg", "11_generate_dpg", "12_eval_dpg",
+                               "05_label_persllm", "09_dpo_persllm", "12_eval_persllm"} <= ran
     dpg_eval = json.loads((repo / "reports/metrics/12_eval_dpg.json").read_text())
     assert dpg_eval["assessor"] == "openai" and set(dpg_eval["psdc"]) == {"base", "prompt", "lora_sft", "dpg"}
     assert paper_run["pullpush"] >= 1
@@ -255,16 +256,17 @@ def test_gpu_branches_call_unsloth_and_nf4_as_the_pinned_sources_accept(paper_ru
     calls = paper_run["calls"]
     apis = [c["api"] for c in calls]
     loads = [c for c in calls if c["api"] == "FastLanguageModel.from_pretrained"]
-    # 07's ten experts, 08 (JIC LoRA, RAFt; BIG5-CHAT; DPG's LoRA-SFT), 09: every causal training loads through
+    # 07's ten experts, 08 (JIC LoRA, RAFt; BIG5-CHAT; DPG's LoRA-SFT; PersLLM), 09 (BIG5-CHAT, PersLLM): every
+    # causal training loads through
     # unsloth (DPG's hypernetwork trains its own per-sample LoRA on the plain base: no unsloth there)
-    assert len(loads) == 15 and apis.count("FastLanguageModel.get_peft_model") == 15
+    assert len(loads) == 17 and apis.count("FastLanguageModel.get_peft_model") == 17
     assert sum(c["kwargs"]["load_in_4bit"] == "True" for c in loads) == 2  # JIC's QLoRA (sft.jic.load_in_4bit)
-    assert apis.count("PatchDPOTrainer") == 1
+    assert apis.count("PatchDPOTrainer") == 2
     renders = [c for c in calls if c["api"] == "render_rows"]
     assert renders and all(c["kwargs"]["all_strings"] == "True" for c in renders)
     # 11_generate_jic evaluates the NF4-trained adapters on the NF4 base, through a checked BitsAndBytesConfig
     assert apis.count("from_pretrained (4-bit)") == 3 and "BitsAndBytesConfig" in apis
-    for trained in ("jic_lora", "dpg"):
+    for trained in ("jic_lora", "dpg", "persllm"):
         metrics = json.loads((paper_run["repo"] / "models/sft" / trained / "train_metrics.json").read_text())
         assert metrics["backend"] == "unsloth", trained
 

@@ -85,13 +85,22 @@ def test_tiny_dag_runs_end_to_end(tiny_run, teacher):
                         "11_generate_big5chat", "12_eval_big5chat", "01_scrape_pchat", "05_label_pchat",
                         "06_synthesize_pchat", "08_sft_pchat@p", "08_sft_pchat@pt", "08_sft_pchat@ppt",
                         "11_generate_pchat", "12_eval_pchat", "01_scrape_dpg", "05_label_dpg", "08_sft_dpg",
-                        "10_hypernet_dpg", "11_generate_dpg", "12_eval_dpg"}
+                        "10_hypernet_dpg", "11_generate_dpg", "12_eval_dpg", "01_scrape_persllm",
+                        "05_label_persllm", "08_sft_persllm", "09_dpo_persllm", "11_generate_persllm",
+                        "12_eval_persllm"}
     assert json.loads(_dvc(repo, "status", "--json").stdout) == {}  # nothing left stale
     gen = json.loads((repo / "reports/metrics/11_generate_dpg.json").read_text())
     assert gen["new_units"] == 2 and gen["units"] == gen["character_units"] + 2 and gen["character_units"] > 0
     dpg_eval = json.loads((repo / "reports/metrics/12_eval_dpg.json").read_text())
     assert set(dpg_eval["psdc"]) == {"base", "prompt", "lora_sft", "dpg"}
     assert all(set(v) == {"character", "new"} for v in dpg_eval["psdc"].values())
+    label = json.loads((repo / "reports/metrics/05_label_persllm.json").read_text())
+    assert label["inputs_accepted"] > 0 and label["answers_accepted"] > 0 and label["test_items"] > 0
+    dpo = json.loads((repo / "reports/metrics/09_dpo_persllm.json").read_text())
+    assert dpo["pairs_by_kind"]["train"]["character"] > 0 and dpo["pairs_by_kind"]["train"]["stage"] > 0
+    pers = json.loads((repo / "reports/metrics/12_eval_persllm.json").read_text())
+    assert set(pers["distinction"]) == {"base", "sft", "dpo"}
+    assert all(set(v) == {"intra", "stage", "inter"} for v in pers["distinction"].values())
     synth = json.loads((repo / "reports/metrics/06_synthesize_jic.json").read_text())
     assert synth["dialogues"] == synth["pairs"] > 0 and synth["acceptance_rate"] == 1.0
     assert teacher.auth_headers and set(teacher.auth_headers) == {f"Bearer {SECRET}"}
