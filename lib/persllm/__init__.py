@@ -61,7 +61,7 @@ def check_stages(stages: Sequence[Mapping]) -> list[dict]:
             raise ValueError(f"scrape.persllm.stages[{i}] lacks {missing}")
         if not re.fullmatch(r"<[A-Z][A-Z0-9-]*>", str(st["token"])):
             raise ValueError(f"stage {st['name']!r}: token {st['token']!r} is not of the form <TIME-I>")
-        for film in st["films"]:
+        for film in map(int, st["films"]):
             if film in seen_films:
                 raise ValueError(f"film {film} is in stages {seen_films[film]!r} and {st['name']!r}")
             seen_films[film] = st["name"]
@@ -197,17 +197,21 @@ def input_messages(rec: Mapping, source_text: str, template: str) -> list[dict]:
     return [{"role": "user", "content": template.format(**fields)}]
 
 
+_META = re.compile(r"^(here is|here's|here are|sure\b|certainly\b|okay\b|ok\b)", re.IGNORECASE)
 _LABEL = re.compile(r"^\s*(?:\d+[.)]\s*|[-*]\s*|(?:question|thought|opinion|input|error question|q)\s*[:：]\s*)+",
                     re.IGNORECASE)
 
 
 def parse_input(kind: str, reply: str, min_words: int = 4, max_words: int = 60) -> str:
     """The input in a teacher's reply: its first non-empty line without list marks, labels or quotes. Raises
-    InvalidReply (empty, too_short, too_long, not_a_question for question and error types)."""
+    InvalidReply (empty, meta_text for a line about the task, too_short, too_long, not_a_question for question and
+    error types)."""
     lines = [ln.strip() for ln in str(reply or "").splitlines() if ln.strip()]
     if not lines:
         raise InvalidReply("empty")
     text = _LABEL.sub("", lines[0]).strip().strip('"\u201c\u201d\'').strip()
+    if _META.match(text) or text.endswith(":"):
+        raise InvalidReply("meta_text", text)  # "Here is a question:", the model talking about the task
     n = len(text.split())
     if n < min_words:
         raise InvalidReply("too_short", text)
@@ -224,7 +228,7 @@ def parse_answer(reply: str) -> dict:
     """The paper's answer form `[Analysis] ... [Response] ...` -> {"analysis", "response", "text"}.
 
     Only a reply with a `[Response]` tag and something after it is kept (InvalidReply no_response_tag /
-    empty_response); a missing `[Analysis]` keeps the text before `[Response]` as the analysis (the paper keeps every
+    empty_response; response_repeats_analysis when the response is the analysis again); a missing `[Analysis]` keeps the text before `[Response]` as the analysis (the paper keeps every
     answer that has a `[Response]`). `text` is the answer as it is trained on, in the canonical form.
     """
     reply = str(reply or "")
@@ -241,6 +245,8 @@ def parse_answer(reply: str) -> dict:
         analysis = analysis[analysis.find(ANALYSIS_TAG) + len(ANALYSIS_TAG):]
     analysis = " ".join(analysis.strip().lstrip(":").split())
     response = " ".join(response.split())
+    if analysis and analysis.lower() == response.lower():
+        raise InvalidReply("response_repeats_analysis", reply[:200])
     return {"analysis": analysis, "response": response, "text": format_answer(analysis, response)}
 
 
@@ -310,16 +316,17 @@ def answer_messages(rec: Mapping, time: str, knowledge: Sequence[str], style: Se
                     guided: str | None = None, analysis: str | None = None) -> list[dict]:
     """The teacher's chat for one answer. System: the template with the character, "Now it's {time}.", the retrieved
     knowledge and style lines; user: the input. `guided` (cpu, a model too small for the whole form): "analysis"
-    asks for the analysis alone, "response" for the reply alone after the given analysis."""
+    asks for the analysis alone, "response" for the reply alone (after the analysis, when one is given: the cpu
+    teacher is not shown it, because it copies it)."""
     system = template.format(name=rec["name"], time=time, knowledge="\n".join("- " + " / ".join(k.splitlines()) for k in knowledge) or "-",
                              style="\n".join(f'- "{s}"' for s in style) or "-")
     user = rec["input"]
     if guided == "analysis":
         user += f"\n\nFirst think as {rec['name']}: in one or two sentences, what do you know and feel about this?"
     elif guided == "response":
-        if not analysis:
-            raise ValueError(f"answer {rec['id']}: a guided response needs the analysis")
-        user += (f"\n\nYour thoughts: {analysis}\nNow answer as {rec['name']} would say it, in one or two sentences.")
+        if analysis:
+            user += f"\n\nYour thoughts: {analysis}"
+        user += f"\n\nNow answer as {rec['name']} would say it, in one or two sentences."
     elif guided is not None:
         raise ValueError(f"guided must be None, 'analysis' or 'response', got {guided!r}")
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]

@@ -165,6 +165,8 @@ def sample_items(items: Sequence[Mapping], max_items: int | None, seed: int = 0)
     for it in items:
         by_char.setdefault(it["character"], []).append(it)
     queues = [random.Random(f"{seed}-{c}").sample(v, len(v)) for c, v in sorted(by_char.items())]
+    if len({it["id"] for it in items}) != len(items):
+        raise ValueError("sample_items: repeated item ids")
     picked: set[str] = set()
     while len(picked) < max_items:
         for q in queues:

@@ -3,8 +3,9 @@
 Stage tokens. The paper marks the temporal stage with special tokens (`<TIME-I>`, `<TIME-II>`) before the input.
 Its code adds them to the tokenizer but never resizes the embedding matrix; here they are added, the matrix is
 resized, and each new row starts as the mean embedding of words that name its stage (`init` in the stage's params,
-e.g. "early years"), so the stages differ from the first step. With `trainable_token_indices` (peft) the new rows
-are trained with the LoRA and merged with it.
+e.g. "early years"), so the stages differ from the first step. The rows stay as initialised (trl's SFT reads
+`lm_head.weight` directly, which peft's trainable-token wrapper on a tied head cannot pass through); the LoRA learns
+to read them.
 
 One model serves all characters: the system prompt names the character, the user turn starts with the stage token.
 
