@@ -4,8 +4,8 @@
 
 A stage's paper is the suffix of its executed notebook (`08_sft_pchat_pt` belongs to pchat); `03_classifier` is
 shared (JIC's filter and eval, BIG5-CHAT's α sweep) and counted once in the total. Goal on the cpu profile, on a
-2-core machine: the three papers' DAG in <= 60 min cold, and each newer paper's path in <= 15 min on its own
-(DPG_GOAL_S; its stages are budgeted separately and not counted in the three-paper total). Each stage has a budget (below) that sums to the goal; a
+2-core machine: the three papers' DAG in <= 60 min cold, and each newer paper's path (DPG, PersLLM) in <= 15 min on
+its own (NEWER; their stages are budgeted separately and not counted in the three-paper total). Each stage has a budget (below) that sums to the goal; a
 stage over its budget is flagged. 00_models is not a notebook: its time (the GGUF conversion, about 30 s, once) is
 `make main`'s own clock and sits in the budget as a constant.
 """
@@ -28,6 +28,11 @@ DPG_GOAL_S = 15 * 60  # the DPG cpu path alone (issue: "<= 15 minutes on this ma
 # 00_models and 03_classifier, which DPG shares with the other papers, are counted in the three-paper total.
 DPG_BUDGET_S = {"01_scrape_dpg": 10, "05_label_dpg": 345, "08_sft_dpg": 95, "10_hypernet_dpg": 95,
                 "11_generate_dpg": 65, "12_eval_dpg": 290}
+PERSLLM_GOAL_S = 15 * 60  # the PersLLM cpu path alone (issue: "<= 15 minutes on this machine")
+# PersLLM's six stages: the 2026-12-06 cold, quiet run with what is left of the 15 minutes spread over them.
+PERSLLM_BUDGET_S = {"01_scrape_persllm": 10, "05_label_persllm": 400, "08_sft_persllm": 130, "09_dpo_persllm": 180,
+                    "11_generate_persllm": 120, "12_eval_persllm": 60}
+NEWER = {"dpg": (DPG_GOAL_S, DPG_BUDGET_S), "persllm": (PERSLLM_GOAL_S, PERSLLM_BUDGET_S)}  # each timed on its own
 SHARED = {"03_classifier": ("jic", "big5chat")}
 MODELS_S = 30  # 00_models, not a notebook
 # Seconds per stage (executed notebook stem) that together fit the goal: the 2026-12-02 cold run (2,909 s) plus
@@ -58,7 +63,7 @@ def stage_rows(notebooks: Path) -> list[dict]:
         if meta.get("start_time") and meta.get("end_time"):
             start, end = (datetime.fromisoformat(meta[k]) for k in ("start_time", "end_time"))
             seconds = round((end - start).total_seconds(), 1)
-            budget = BUDGET_S.get(nb.stem, DPG_BUDGET_S.get(nb.stem))
+            budget = BUDGET_S.get(nb.stem, DPG_BUDGET_S.get(nb.stem, PERSLLM_BUDGET_S.get(nb.stem)))
             rows.append({"stage": nb.stem, "seconds": seconds, "budget_s": budget,
                          "over_budget": budget is not None and seconds > budget, "started": meta["start_time"],
                          "profile": meta.get("parameters", {}).get("profile"), "papers": list(paper_of(nb.stem))})
@@ -68,8 +73,9 @@ def stage_rows(notebooks: Path) -> list[dict]:
 def main() -> None:
     rows = stage_rows(ROOT / "reports" / "notebooks")
     per_paper = {p: round(sum(r["seconds"] for r in rows if p in r["papers"]), 1) for p in PAPERS}
-    total = round(MODELS_S + sum(r["seconds"] for r in rows if not r["stage"].endswith("_dpg")), 1)
-    dpg_total = round(sum(r["seconds"] for r in rows if r["stage"].endswith("_dpg")), 1)
+    newer = tuple(f"_{p}" for p in NEWER)
+    total = round(MODELS_S + sum(r["seconds"] for r in rows if not r["stage"].endswith(newer)), 1)
+    newer_totals = {p: round(sum(r["seconds"] for r in rows if r["stage"].endswith(f"_{p}")), 1) for p in NEWER}
     missing = sorted(set(BUDGET_S) - {r["stage"] for r in rows})
     for r in rows:
         flag = "  OVER" if r["over_budget"] else ""
@@ -77,8 +83,8 @@ def main() -> None:
     save_result({"stages": rows, "per_paper_s": per_paper, "models_s": MODELS_S, "total_s": total,
                  "budget_total_s": MODELS_S + sum(BUDGET_S.values()), "goal_s": GOAL_S,
                  "ratio_to_goal": round(total / GOAL_S, 3), "not_run": missing,
-                 "dpg": {"total_s": dpg_total, "goal_s": DPG_GOAL_S, "ratio_to_goal": round(dpg_total / DPG_GOAL_S, 3),
-                         "budget_s": DPG_BUDGET_S}},
+                 **{p: {"total_s": newer_totals[p], "goal_s": goal, "ratio_to_goal": round(newer_totals[p] / goal, 3),
+                        "budget_s": budget} for p, (goal, budget) in NEWER.items()}},
                 ROOT / "benchmarks" / "results" / "stage_times.json")
 
 
