@@ -29,9 +29,9 @@ DPG_GOAL_S = 15 * 60  # the DPG cpu path alone (issue: "<= 15 minutes on this ma
 DPG_BUDGET_S = {"01_scrape_dpg": 10, "05_label_dpg": 345, "08_sft_dpg": 95, "10_hypernet_dpg": 95,
                 "11_generate_dpg": 65, "12_eval_dpg": 290}
 PERSLLM_GOAL_S = 15 * 60  # the PersLLM cpu path alone (issue: "<= 15 minutes on this machine")
-# PersLLM's six stages: the 2026-12-06 cold, quiet run with what is left of the 15 minutes spread over them.
-PERSLLM_BUDGET_S = {"01_scrape_persllm": 10, "05_label_persllm": 400, "08_sft_persllm": 130, "09_dpo_persllm": 180,
-                    "11_generate_persllm": 120, "12_eval_persllm": 60}
+# PersLLM's six stages: the 2026-12-06 cold, quiet run (notebooks 755 s) with what is left of the 15 minutes spread over them.
+PERSLLM_BUDGET_S = {"01_scrape_persllm": 10, "05_label_persllm": 280, "08_sft_persllm": 90, "09_dpo_persllm": 250,
+                    "11_generate_persllm": 230, "12_eval_persllm": 40}
 NEWER = {"dpg": (DPG_GOAL_S, DPG_BUDGET_S), "persllm": (PERSLLM_GOAL_S, PERSLLM_BUDGET_S)}  # each timed on its own
 SHARED = {"03_classifier": ("jic", "big5chat")}
 MODELS_S = 30  # 00_models, not a notebook
