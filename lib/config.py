@@ -142,7 +142,8 @@ def spec_dir(spec: str) -> Path:
     return ROOT / "models" / "base" / slug(spec)
 
 
-TEACHER_STAGES = (("synthesize", "jic"), ("label", "pchat"), ("synthesize", "pchat"), ("label", "dpg"))
+TEACHER_STAGES = (("synthesize", "jic"), ("label", "pchat"), ("synthesize", "pchat"), ("label", "dpg"),
+                  ("label", "persllm"))
 
 
 def model_specs(cfg: dict) -> dict[str, str]:
