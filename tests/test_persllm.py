@@ -128,14 +128,6 @@ def test_check_stages_sees_a_film_given_as_text_and_number_as_one_film():
         persllm.check_stages([RAW_STAGES[0], dict(RAW_STAGES[1], films=["2", 3])])
 
 
-def test_stage_of_names_the_known_stages():
-    assert persllm.stage_of(STAGES, "late")["token"] == "<TIME-II>"
-    with pytest.raises(KeyError, match=r"'middle'.*\['early', 'late'\]"):
-        persllm.stage_of(STAGES, "middle")
-
-
-# --------------------------------------------------------------------------------------------- lines and segments
-
 def test_character_lines_names_a_missing_character():
     with pytest.raises(ValueError, match=r"\['Neville Longbottom'\] speak no line"):
         _labelled(_chapter(1, 1, ["Harry Potter", "Ron Weasley", "Petunia Dursley"]),

@@ -74,14 +74,6 @@ def check_stages(stages: Sequence[Mapping]) -> list[dict]:
     return out
 
 
-def stage_of(stages: Sequence[Mapping], name: str) -> dict:
-    """The stage called `name`; an unknown one is an error naming the known stages."""
-    for st in stages:
-        if st["name"] == name:
-            return dict(st)
-    raise KeyError(f"unknown stage {name!r}; the profile's stages are {[s['name'] for s in stages]}")
-
-
 def character_lines(lines: pd.DataFrame, characters: Mapping[str, str], stages: Sequence[Mapping]) -> pd.DataFrame:
     """The film lines (lib.films.load_hp_lines) with `key` (the character's key, "" for anyone else) and `stage` (""
     for a film in no stage). A named character with no line at all is an error: a typo in the params."""
