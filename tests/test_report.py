@@ -79,7 +79,8 @@ def test_output_root_names_a_bad_value():
 def test_00_models_prepares_every_model_the_profile_names_but_not_an_endpoint_teacher():
     cpu = config.model_specs(config.load("cpu"))  # local SmolLM2 teachers
     assert {k for k, v in cpu.items() if v == "gguf:smollm2"} == {
-        "models.student", "synthesize.jic.model", "label.pchat.model", "synthesize.pchat.model"}
+        "models.student", "synthesize.jic.model", "label.pchat.model", "synthesize.pchat.model",
+        "label.persllm.model"}
     assert not any(k.endswith(".model") and "sft" not in k for k in config.model_specs(config.load("tiny")))
     paper = config.model_specs(config.load("paper", check_files=False))  # teachers behind endpoints: names only
     assert set(paper.values()) == {"meta-llama/Meta-Llama-3-8B-Instruct", "microsoft/deberta-large",
