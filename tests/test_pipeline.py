@@ -334,6 +334,56 @@ def test_big5chat_trains_on_the_released_dialogues_when_switched(tiny_run, tmp_p
         _dvc(repo, "repro")
 
 
+def test_jic_trains_and_evaluates_on_the_released_dialogues_when_switched(tiny_run, teacher, tmp_path):
+    """synthesize.jic.source = released: 06 calls no teacher and writes the paper's dialogues (their own train/test
+    split) and journals; 08 trains on the train side, RAFt and 11 retrieve from the released journals, 12 profiles
+    the released authors."""
+    import zipfile
+
+    repo, _, _ = tiny_run
+
+    def records(split: str, n: int) -> list[dict]:  # the layout of chocokiddo/jic (lib/jic/released.py)
+        return [{"author_fullname1": f"t2_{split}{i}a", "author_fullname2": f"t2_{split}{i}b", "id1": f"{split}{i}a",
+                 "id2": f"{split}{i}b", "journal_entry1": f"I spent the morning {i} painting and felt calm. " * 6,
+                 "journal_entry2": f"Work was loud again on day {i}; I argued and then went running. " * 6,
+                 "dialogue": [f"{split} dialogue {i}, utterance {t}: how was the week?" for t in range(10)]}
+                for i in range(n)]
+
+    paths = {}
+    for split, n in (("train", 6), ("test", 3)):
+        paths[split] = tmp_path / f"{split}.json.zip"
+        with zipfile.ZipFile(paths[split], "w") as z:
+            z.writestr(f"{split}.json", json.dumps(records(split, n)))
+    tiny = repo / "params" / "tiny.yaml"
+    original = tiny.read_text()
+    switched = re.sub(r"(?m)^    source: teacher .*$", "    source: released", original)
+    switched = re.sub(r"(?m)^    released_path: null .*$", f"    released_path: {paths['train']}", switched)
+    switched = re.sub(r"(?m)^    released_test_path: null .*$", f"    released_test_path: {paths['test']}", switched)
+    assert switched.count("source: released") == 1 and str(paths["test"]) in switched
+    tiny.write_text(switched)
+    try:
+        asked = teacher.requests
+        proc = _dvc(repo, "repro", "12_eval_jic")
+        ran = set(re.findall(r"Running stage '([^']+)'", proc.stdout))
+        assert {"06_synthesize_jic", "08_sft_jic@lora", "08_sft_jic@raft", "11_generate_jic",
+                "12_eval_jic"} <= ran, proc.stdout[-3000:]
+        assert teacher.requests == asked  # no teacher call
+        m06 = json.loads((repo / "reports/metrics/06_synthesize_jic.json").read_text())
+        assert m06["source"] == "released" and m06["splits"] == {"train": 6, "test": 3} and m06["pairs"] == 0
+        out = repo / "data/jic/06_synthesize"
+        assert len((out / "journals.jsonl").read_text().splitlines()) == 18
+        assert json.loads((repo / "reports/metrics/08_sft_jic_raft.json").read_text())["train_dialogues"] == 6
+        gens = [json.loads(line) for line in (repo / "data/jic/11_generate/generations.jsonl").read_text().splitlines()]
+        assert {g["dialogue_id"] for g in gens} == {f"test-test{i}a__test{i}b" for i in range(3)}
+        assert any("I spent the morning" in g["context"] or "Work was loud" in g["context"]
+                   for g in gens if g["system"] == "raft")  # RAFt retrieved from the released journals
+        m12 = json.loads((repo / "reports/metrics/12_eval_jic.json").read_text())
+        assert m12["dialogues"] == 3 and set(m12["trait_capture"]) >= {"base", "lora", "raft"}
+    finally:
+        tiny.write_text(original)
+        _dvc(repo, "repro")
+
+
 def test_sigkill_during_the_sweep_then_rerun_keeps_the_experts_and_replies_of_07(tiny_run):
     """kill -9 after 07 saved its replies (the α sweep running): the rerun trains and generates nothing again."""
     repo, _, _ = tiny_run

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lib.records import split_of  # noqa: F401  (notebooks call jic.split_of)
+from lib.records import read_jsonl, split_of
 
 if TYPE_CHECKING:
     import numpy as np
@@ -123,3 +124,19 @@ def journals_by_author(entries: list[dict]) -> dict[str, str]:
     for e in entries:
         journals.setdefault(e["author"], []).append(e["text"].strip())
     return {author: " ".join(texts) for author, texts in journals.items()}
+
+
+def split(dialogue: dict, test_fraction: float, seed: int = 0) -> str:
+    """'train' | 'test': the released data's own split where the dialogue carries one, else by hash of its id."""
+    return dialogue.get("split") or split_of(dialogue["id"], test_fraction, seed)
+
+
+def journal_entries(data_dir: Path, source: str) -> list[dict]:
+    """The journal entries RAFt retrieves from and 12_eval profiles authors by: 04_filter's kept entries, or, for
+    `synthesize.jic.source: released`, the released dialogues' own entries that 06_synthesize wrote."""
+    if source not in ("teacher", "released"):
+        raise ValueError(f"synthesize.jic.source = {source!r}: expected teacher or released")
+    path = data_dir / ("06_synthesize/journals.jsonl" if source == "released" else "04_filter/entries.jsonl")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the stage that writes it (source: {source})")
+    return read_jsonl(path)

@@ -26,6 +26,8 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
+from lib.traits import TRAITS
+
 log = logging.getLogger(__name__)
 
 
@@ -47,6 +49,13 @@ def author_profiles(author_ids, P) -> dict:
     """Mean trait-probability vector per author (the author's profile)."""
     ids, P = _check(author_ids, P)
     return {a: P[ids == a].mean(axis=0) for a in dict.fromkeys(ids.tolist())}
+
+
+def trait_profiles(author_ids, P, threshold: float) -> dict:
+    """Each author's profile as 04_filter writes it: {"mean": {trait: p}, "high": {trait: 0|1}} with high = mean >=
+    the classifier's threshold (12_eval scores trait capture against "high")."""
+    return {a: {"mean": dict(zip(TRAITS, map(float, v))), "high": dict(zip(TRAITS, (int(x >= threshold) for x in v)))}
+            for a, v in author_profiles(author_ids, P).items()}
 
 
 def _rms(diff: np.ndarray) -> np.ndarray:
