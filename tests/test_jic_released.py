@@ -46,12 +46,14 @@ def test_a_zipped_json_list_becomes_dialogues_seen_from_both_authors_with_their_
 
 
 def test_teacher_text_json_lines_and_the_username_fallback(tmp_path):
-    text = "Author 1: Hi, how was your day?\n\n**Author 2**: Busy, I wrote a lot.\nAuthor 1: Me too!"
+    text = ("Author 1: Hi, how was your day?\n\n**Author 2**: Busy: I wrote a lot.\nAuthor 1: Me too!\n"
+            "Note: the dialogue ends here.\nAuthor 2: not reached")
     rows = [record(0, dialogue=text, author_fullname1=None, author_fullname2=None)]
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (d,), _, _ = released.load_released(path)
-    assert [t["text"] for t in d["turns"]] == ["Hi, how was your day?", "Busy, I wrote a lot.", "Me too!"]
+    # a colon inside an utterance stays; a line not labelled by the first two speakers ends the utterances
+    assert [t["text"] for t in d["turns"]] == ["Hi, how was your day?", "Busy: I wrote a lot.", "Me too!"]
     assert (d["author_a"], d["author_b"], d["split"]) == ("user_a0", "user_b0", None)  # one file: 08 hashes it
 
 
@@ -66,8 +68,8 @@ def test_bad_records_are_counted_rejects_and_max_train_keeps_the_first(tmp_path)
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, "not found"), ("", "empty file"), ("{not json", "not a JSON list"), ('{"a": 1}', "no usable dialogue in 1 records"),
-    ("[1, 2]", "list of objects")])
+    (None, "not found"), ("", "empty file"), ("{not json", "not a JSON list"),
+    ('{"a": 1}', "no usable dialogue in 1 records"), ("[1, 2]", "list of objects")])
 def test_a_file_that_is_not_the_released_layout_is_named(tmp_path, content, message):
     path = tmp_path / "train.json"
     if content is not None:

@@ -29,7 +29,7 @@ RELEASED_ID = "chocokiddo/jic"
 AUTHOR_KEYS = (("author_fullname1", "author1"), ("author_fullname2", "author2"))  # the first present names the author
 ENTRY_KEYS = ("id1", "id2")
 JOURNAL_KEYS = ("journal_entry1", "journal_entry2")
-_LABEL = re.compile(r"^\s*[*_]*[^:\n]{1,40}?[*_]*\s*:\s*")  # "Author 1:", "**Sam**:" before an utterance
+_LABEL = re.compile(r"^\s*[*_]*([^:\n]{1,40}?)[*_]*\s*:\s*(.*)$")  # "Author 1: …", "**Sam**: …"
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -64,12 +64,21 @@ def read_records(path: str | Path) -> list[dict]:
 
 
 def utterances(dialogue) -> list[str]:
-    """A released `dialogue` as its utterances: a list is taken as it is, the teacher's text loses its labels."""
+    """A released `dialogue` as its utterances: a list is taken as it is. The teacher's text keeps the lines labelled
+    by one of its first two speakers, without the label; a line without one ends the dialogue's utterances there."""
     if isinstance(dialogue, list):
         return [str(u).strip() for u in dialogue if str(u).strip()]
-    if isinstance(dialogue, str):
-        return [_LABEL.sub("", line).strip() for line in dialogue.splitlines() if _LABEL.sub("", line).strip()]
-    return []
+    if not isinstance(dialogue, str):
+        return []
+    labelled = [_LABEL.match(line) for line in dialogue.splitlines() if line.strip()]
+    speakers = list(dict.fromkeys(m.group(1).strip().lower() for m in labelled if m))[:2]
+    out = []
+    for m in labelled:
+        if not m or m.group(1).strip().lower() not in speakers:
+            break
+        if m.group(2).strip():
+            out.append(m.group(2).strip())
+    return out
 
 
 def _author(record: dict, side: int) -> str | None:
@@ -79,14 +88,15 @@ def _author(record: dict, side: int) -> str | None:
     return None
 
 
-def convert(records: list[dict], split: str, min_turns: int = 2) -> tuple[list[dict], list[dict], list[dict]]:
-    """(dialogues, journal entries, rejects) of one released file's records; a bad record is a reject, with why."""
+def convert(records: list[dict], split: str | None, min_turns: int = 2) -> tuple[list[dict], list[dict], list[dict]]:
+    """(dialogues, journal entries, rejects) of one released file's records; a bad record is a reject, with why.
+    `split` None: the dialogues carry no split (08 splits them by hash)."""
     dialogues, entries, rejects, ids = [], [], [], set()
     for i, r in enumerate(records):
         authors = (_author(r, 0), _author(r, 1))
         turns = utterances(r.get("dialogue"))
         post_ids = [str(r.get(k) or f"row{i}") for k in ENTRY_KEYS]
-        did = f"{split}-{post_ids[0]}__{post_ids[1]}"
+        did = f"{split or 'all'}-{post_ids[0]}__{post_ids[1]}"
         reason = ("no_dialogue" if "dialogue" not in r else "missing_author" if None in authors
                   else "same_author" if authors[0] == authors[1]
                   else "too_few_turns" if len(turns) < min_turns else "duplicate" if did in ids else None)
@@ -110,16 +120,15 @@ def load_released(train_path: str | Path, test_path: str | Path | None = None, m
     """(dialogues, journal entries, rejects) of the released train file and, if given, test file.
 
     Without a test file, every dialogue is `split: null` and 08's hashed split decides. Journal entries are kept
-    once per (author, text); a second dialogue on the same two entries (id1, id2) is a `duplicate` reject. `max_train` keeps the first that many train dialogues.
+    once per (author, text); a second dialogue on the same two entries (id1, id2) is a `duplicate` reject.
+    `max_train` keeps the first that many train dialogues.
     """
     dialogues, entries, rejects = [], [], []
     for path, split in ((train_path, "train" if test_path else None), (test_path, "test")):
         if path is None:
             continue
         records = read_records(path)
-        d, e, r = convert(records, split or "all", min_turns)
-        if split is None:  # one file: 08 splits it by hash, as it splits teacher dialogues
-            d = [dict(x, split=None) for x in d]
+        d, e, r = convert(records, split, min_turns)
         if split != "test" and max_train is not None:
             d = d[:max_train]
         if not d:
