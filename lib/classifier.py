@@ -8,7 +8,9 @@ Two backends share one interface (fit / predict_proba / predict / save / load):
   training texts; with `calibrate`, each trait's decision threshold is set on a validation share of them.
 - "finetune" (paper setting): JIC fine-tunes an encoder on PANDORA as a 5-way multi-label problem (label = trait
   score > 40, decision threshold 0.4, lr 2e-5, batch 16, 5 epochs) with AutoModelForSequenceClassification and
-  the transformers Trainer.
+  the transformers Trainer. Texts are cut at max_seq_length or at the encoder's own limit, whichever is smaller:
+  microsoft/deberta-large's repo sets no model_max_length and its relative positions accept any length without an
+  error, so nothing else would stop a 1,000-token text (lib.embed.max_input_tokens).
 Labels are n x 5 arrays (or DataFrames with columns TRAITS) of 0/1 in the order TRAITS = O, C, E, A, N.
 `evaluate_classifier` reports per-trait accuracy, macro F1 and the majority-class baseline; PUBLISHED_ESSAYS holds
 the reference level we compare Essays accuracy against.
@@ -16,12 +18,15 @@ the reference level we compare Essays accuracy against.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from lib.traits import TRAITS
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("embedding_logreg", "finetune")
 FEATURES = ("embedding", "tfidf", "embedding+tfidf")  # what the embedding_logreg backend's regressions read
@@ -195,7 +200,11 @@ class TraitClassifier:
         self.model = AutoModelForSequenceClassification.from_pretrained(
             self.encoder_path, num_labels=len(TRAITS), problem_type="multi_label_classification",
             id2label=dict(enumerate(TRAITS)), label2id={t: i for i, t in enumerate(TRAITS)})
-        enc = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length)
+        self._cap_tokenizer()
+        if self.max_seq_length > self.tokenizer.model_max_length:
+            log.warning("%s takes at most %d tokens; texts are cut there, not at max_seq_length %d",
+                        self.encoder_path, self.tokenizer.model_max_length, self.max_seq_length)
+        enc = self.tokenizer(texts, truncation=True, max_length=self._max_length())
         with tempfile.TemporaryDirectory() as tmp:
             args = TrainingArguments(output_dir=tmp, learning_rate=self.lr, per_device_train_batch_size=self.batch_size,
                                      num_train_epochs=self.epochs, seed=self.seed, save_strategy="no",
@@ -205,6 +214,16 @@ class TraitClassifier:
                               data_collator=DataCollatorWithPadding(self.tokenizer))
             trainer.train()
         self.model = trainer.model.eval()
+
+    def _cap_tokenizer(self) -> None:
+        """Give the tokenizer the encoder's real limit, so the saved classifier carries it and no text passes it."""
+        from lib.embed import max_input_tokens
+
+        self.tokenizer.model_max_length = max_input_tokens(self.model.config, self.tokenizer)
+
+    def _max_length(self) -> int:
+        """Where the fine-tuned backend cuts a text: max_seq_length, or the encoder's limit if that is smaller."""
+        return min(self.max_seq_length, self.tokenizer.model_max_length)
 
     # ---- inference -----------------------------------------------------------------------------------------
     def predict_proba(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
@@ -225,7 +244,7 @@ class TraitClassifier:
         with torch.no_grad():
             for start in range(0, len(texts), batch_size):
                 batch = self.tokenizer(texts[start:start + batch_size], truncation=True, padding=True,
-                                       max_length=self.max_seq_length, return_tensors="pt").to(device)
+                                       max_length=self._max_length(), return_tensors="pt").to(device)
                 out.append(torch.sigmoid(self.model(**batch).logits.float()).cpu().numpy())
         return np.concatenate(out).astype(float)
 
@@ -287,6 +306,7 @@ class TraitClassifier:
 
             obj.tokenizer = AutoTokenizer.from_pretrained(in_dir / "model")
             obj.model = AutoModelForSequenceClassification.from_pretrained(in_dir / "model").eval()
+            obj._cap_tokenizer()  # classifiers saved before the cap carry deberta-large's int(1e30)
             if torch.cuda.is_available():
                 obj.model.to("cuda")
         return obj

@@ -5,15 +5,23 @@ sentence-transformers directory (MiniLM, offline) or a plain Hugging Face encode
 microsoft/deberta-large, mean pooled). For a plain encoder, sentence-transformers 6.2.0 builds Transformer + mean
 Pooling itself (non-causal architectures get "mean", see SentenceTransformer._load_auto_model); `load_encoder`
 checks that the resulting pooling really is mean so a library change cannot silently switch us to CLS pooling.
+
+Every text is cut to at most `max_input_tokens` of its encoder, whatever max_seq_length a caller asks for:
+microsoft/deberta-large's tokenizer_config.json sets no model_max_length (transformers then reports int(1e30)) and
+its positions are relative, so a longer input raises nothing and is quietly encoded at positions it never saw.
 """
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from lib import hub
+
+log = logging.getLogger(__name__)
+NO_LIMIT = int(1e20)  # transformers' LARGE_INTEGER: a model_max_length at or above it means "the repo set none"
 
 
 def _device() -> str:
@@ -39,9 +47,37 @@ def load_encoder(model_path: str):
         raise FileNotFoundError(f"encoder directory not found: {model_path}")
     model = SentenceTransformer(str(model_path), device=_device(), local_files_only=local)
     modes = [getattr(m, "pooling_mode", None) for m in model]
-    if not _has_modules_json(model_path, local) and "mean" not in modes:
+    pipeline = _has_modules_json(model_path, local)
+    if not pipeline and "mean" not in modes:
         raise ValueError(f"{model_path}: expected mean pooling for a plain encoder, got modules {modes}")
+    # Read now: embed() overwrites the tokenizer's model_max_length on every call. A sentence-transformers
+    # pipeline's own max_seq_length (MiniLM: 256) is its training length, not a limit, so only the config counts.
+    model.max_input_tokens = max_input_tokens(model[0].auto_model.config, None if pipeline else model.tokenizer)
     return model
+
+
+def max_input_tokens(config, tokenizer=None) -> int:
+    """The most tokens, special ones included, an encoder takes: its config's max_position_embeddings, capped by the
+    tokenizer's model_max_length where the repo sets one (microsoft/deberta-large sets none: int(1e30))."""
+    found = (getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None))
+    limits = [n for n in found if isinstance(n, int) and 0 < n < NO_LIMIT]
+    if not limits:
+        raise ValueError(f"cannot tell the input limit of a {type(config).__name__}: no max_position_embeddings and no "
+                         "model_max_length; pass a tokenizer with one")
+    return min(limits)
+
+
+def input_length(model, model_path: str | Path, max_seq_length: int) -> int:
+    """max_seq_length, or the encoder's own limit when that is smaller (said once per encoder and length)."""
+    limit = model.max_input_tokens
+    if max_seq_length > limit:
+        _warn_capped(str(model_path), max_seq_length, limit)
+    return min(max_seq_length, limit)
+
+
+@functools.lru_cache(maxsize=64)
+def _warn_capped(model_path: str, asked: int, limit: int) -> None:
+    log.warning("%s takes at most %d tokens; texts are cut there, not at the %d asked for", model_path, limit, asked)
 
 
 def _has_modules_json(model_path: str, local: bool) -> bool:
@@ -65,7 +101,7 @@ def embed(texts: list[str], model_path: str | Path, batch_size: int = 32, max_se
     if not texts:
         return np.zeros((0, dim), dtype=np.float32)
     # The cached model is shared; max_seq_length is set per call so callers cannot leak settings into each other.
-    model.max_seq_length = max_seq_length
+    model.max_seq_length = input_length(model, model_path, max_seq_length)
     out = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=normalize,
                        show_progress_bar=False)
     return np.asarray(out, dtype=np.float32)
@@ -81,15 +117,17 @@ def windows(text: str, tokenizer, size: int) -> list[str]:
 
 def embed_long(texts: list[str], model_path: str | Path, batch_size: int = 32, max_seq_length: int = 256) -> np.ndarray:
     """Encode texts longer than the encoder's window: each text is the mean of its windows' embeddings (every window
-    but the special tokens fits max_seq_length), L2-normalised. `embed` would keep the first window only."""
+    but the special tokens fits max_seq_length, or the encoder's limit if smaller), L2-normalised. `embed` would keep
+    the first window only."""
     texts = list(texts)
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
         raise ValueError(f"embed_long: texts must be strings; non-strings at positions {bad[:10]}")
-    tokenizer = load_encoder(str(model_path)).tokenizer
+    model = load_encoder(str(model_path))
+    max_seq_length = input_length(model, model_path, max_seq_length)
     pieces, owner = [], []
     for i, text in enumerate(texts):
-        w = windows(text, tokenizer, max_seq_length - 2)  # room for [CLS] and [SEP]
+        w = windows(text, model.tokenizer, max_seq_length - 2)  # room for [CLS] and [SEP]
         pieces += w
         owner += [i] * len(w)
     vectors = embed(pieces, model_path, batch_size=batch_size, max_seq_length=max_seq_length)

@@ -248,6 +248,11 @@ def quantization_available() -> bool:
 PATCHED_BY_UNSLOTH = ("transformers", "trl", "peft")
 
 
+def training_backend() -> str:
+    """The backend lib.train would train with here ("unsloth" or "transformers"), without importing either."""
+    return "unsloth" if unsloth_available() else "transformers"
+
+
 def import_unsloth_first() -> str:
     """Import unsloth before anything imports transformers/trl/peft, where it can be used; the training backend name.
 
@@ -291,13 +296,19 @@ def _cuda_dtype():
 
 
 def load_for_training(model_path: str | Path, lora: dict, max_seq_length: int, load_in_4bit: bool = False,
-                      seed: int = 0) -> tuple:
+                      seed: int = 0, gradient_checkpointing: bool = False) -> tuple:
     """Load a base model with fresh LoRA adapters: (peft model, tokenizer, backend name).
 
     Uses unsloth when `unsloth_available()`, else transformers + peft. unsloth must be imported before
     transformers/trl/peft in a process to patch them, so call this BEFORE importing trl (lib.train does).
     `lora` holds peft.LoraConfig argument names; `max_seq_length` only matters to unsloth (the transformers path
-    truncates in the trainer).
+    truncates in the trainer). `gradient_checkpointing` is the trainer args' setting: Unsloth turns its own
+    checkpointing on unless told otherwise, so it is passed on explicitly.
+
+    Unsloth loads exactly `model_path`'s model (`use_exact_model_name=True`): by default it swaps a Hub id for its
+    own mirror (meta-llama/Meta-Llama-3-8B-Instruct -> unsloth/llama-3-8b-Instruct, or its -bnb-4bit copy), which
+    trains other files and fails offline where only the named repo was downloaded. Loading a model through Unsloth
+    also replaces peft's PeftModelForCausalLM.forward for the rest of the process (see lib.big5chat.dexperts).
     """
     name = resolve_model(model_path)
     if load_in_4bit and not quantization_available():
@@ -307,9 +318,11 @@ def load_for_training(model_path: str | Path, lora: dict, max_seq_length: int, l
         from unsloth import FastLanguageModel
 
         model, tokenizer = FastLanguageModel.from_pretrained(model_name=name, max_seq_length=max_seq_length,
-                                                             dtype=None, load_in_4bit=load_in_4bit)
-        model = FastLanguageModel.get_peft_model(model, **lora, use_gradient_checkpointing="unsloth",
-                                                 random_state=seed, max_seq_length=max_seq_length)
+                                                             dtype=None, load_in_4bit=load_in_4bit,
+                                                             use_exact_model_name=True)
+        model = FastLanguageModel.get_peft_model(model, **lora, random_state=seed, max_seq_length=max_seq_length,
+                                                 use_gradient_checkpointing="unsloth" if gradient_checkpointing
+                                                 else False)
         _ensure_pad_token(tokenizer)
         return model, tokenizer, "unsloth"
 
@@ -385,33 +398,21 @@ def load_for_inference(model_path: str | Path, adapter_dir: str | Path | None = 
 
 
 def generate_chat(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 40, batch_size: int = 8,
-                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[str]:
-    """Reply to each conversation (list of chat messages) in batches; returns only the new text, stripped."""
-    import torch
+                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, top_k: int | None = None) -> list[str]:
+    """Reply to each conversation (list of chat messages) in batches; returns only the new text, stripped.
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    Decoding follows lib.decoding: explicit settings (the checkpoint's generation config decides nothing), a reply
+    ends at any stop id of the tokenizer, generation config or chat template, and batch b is seeded by its first row.
+    """
+    from lib import decoding
+
     if tokenizer.padding_side != "left":
         raise ValueError("generate_chat needs tokenizer.padding_side == 'left' (use load_for_inference)")
-    gen_kwargs: dict = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
-    if temperature == 0:
-        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)  # None: silence unused warnings
-    else:
-        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-    torch.manual_seed(seed)
-    replies: list[str] = []
-    for start in range(0, len(conversations), batch_size):
-        batch = conversations[start:start + batch_size]
-        # The template already inserts any special tokens; letting the tokenizer add a BOS again would duplicate it.
-        prompts = [tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) for conv in batch]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        with torch.inference_mode():
-            out = model.generate(**enc, **gen_kwargs)
-        new = out[:, enc["input_ids"].shape[1]:]
-        replies.extend(text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True))
-    return replies
+    sampling = decoding.Sampling(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
+                                 seed=seed)
+    out = decoding.generate_ids(model, tokenizer, decoding.chat_prompt_ids(tokenizer, conversations), sampling,
+                                batch_size=batch_size)
+    return decoding.decode(tokenizer, out.ids)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,6 +33,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from lib import decoding
 from lib.traits import TRAITS
 
 log = logging.getLogger(__name__)
@@ -423,13 +424,13 @@ def summarize_answers(answers: pd.DataFrame) -> dict:
             "share_unparseable": n_bad / len(answers)}
 
 
-def hf_generate_fn(model, tokenizer, batch_size: int = 8, top_p: float = 1.0) -> GenerateFn:
+def hf_generate_fn(model, tokenizer, batch_size: int = 8, top_p: float = 1.0, top_k: int | None = None) -> GenerateFn:
     """A generate_fn for a local Hugging Face chat model (wraps lib.models.generate_chat; left padding needed)."""
     from lib.models import generate_chat
 
     def generate(chats: list[Messages], temperature: float, max_new_tokens: int, seed: int) -> list[str]:
         return generate_chat(model, tokenizer, chats, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                             temperature=temperature, top_p=top_p, seed=seed)
+                             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
 
     return generate
 
@@ -439,8 +440,8 @@ def prefix_generate_fn(model, tokenizer, batch_size: int = 8, top_p: float = 1.0
     """A generate_fn that runs the prompts' shared token prefix once, then samples the rest with a KV cache.
 
     All items of one condition share the persona, instruction and scale; only the statement differs. Sampling is
-    temperature, then top-k (HF generate's sampling default is 50; None keeps the whole vocabulary), then top-p, from
-    a torch.Generator seeded with the call's seed; greedy at temperature 0. A row stops at EOS or <|im_end|>.
+    lib.decoding's: temperature, then top-k (None keeps the whole vocabulary), then top-p, each batch from a generator
+    seeded by lib.decoding.batch_seed; greedy at temperature 0. A row stops at any of lib.decoding.stop_ids.
     Replies are decoded without special tokens and stripped, as lib.models.generate_chat does.
     """
     if batch_size < 1:
@@ -449,49 +450,25 @@ def prefix_generate_fn(model, tokenizer, batch_size: int = 8, top_p: float = 1.0
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-    stop_ids = _stop_token_ids(model, tokenizer)
+    stop_ids = decoding.stop_ids(tokenizer, model)
 
     def generate(chats: list[Messages], temperature: float, max_new_tokens: int, seed: int) -> list[str]:
-        new_ids = _prefix_generate_ids(model, tokenizer, chats, _Sampling(temperature, top_p, top_k), max_new_tokens,
-                                       seed, batch_size, stop_ids)
-        return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_ids]
+        sampling = decoding.Sampling(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
+                                     seed=seed)
+        new_ids = _prefix_generate_ids(model, tokenizer, chats, sampling, batch_size, stop_ids)
+        return decoding.decode(tokenizer, new_ids)
 
     return generate
 
 
-class _Sampling(NamedTuple):
-    """How the next token is chosen (see _next_tokens)."""
-
-    temperature: float  # 0: greedy
-    top_p: float = 1.0
-    top_k: int | None = None
-
-
-def _stop_token_ids(model, tokenizer) -> list[int]:
-    """Token ids that end a reply: the tokenizer's and generation config's EOS, and ChatML's <|im_end|> if known."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update([config_eos] if isinstance(config_eos, int) else config_eos or [])
-    im_end = tokenizer.get_vocab().get("<|im_end|>")
-    if im_end is not None:
-        ids.add(im_end)
-    if not ids:
-        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} and the model's generation config name no EOS token")
-    return sorted(ids)
-
-
-def _prefix_generate_ids(model, tokenizer, chats: list[Messages], sampling: _Sampling, max_new_tokens: int, seed: int,
-                         batch_size: int, stop_ids: list[int]) -> list[list[int]]:
-    """New token ids (stop token excluded) per chat: shared prefix once, then batched suffixes and KV-cached steps."""
+def _prefix_generate_ids(model, tokenizer, chats: list[Messages], sampling: decoding.Sampling, batch_size: int,
+                         stop_ids: list[int]) -> list[list[int]]:
+    """New token ids (stop token excluded) per chat: shared prefix once, then batched suffixes and KV-cached steps.
+    Chats are batched by length; each batch draws from a generator seeded by lib.decoding.batch_seed."""
     import torch
 
-    if sampling.temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {sampling.temperature}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     prompts = _prompt_ids(tokenizer, chats)
     device = _device(model)
-    generator = torch.Generator(device=device).manual_seed(seed)
     stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together: less padding
     out: list[list[int]] = [[] for _ in prompts]
@@ -499,15 +476,16 @@ def _prefix_generate_ids(model, tokenizer, chats: list[Messages], sampling: _Sam
         prefix = _Prefix.build(model, prompts)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            new = _sample_batch(model, [prompts[i] for i in idx], prefix, _pad_id(tokenizer), sampling,
-                                max_new_tokens, generator, stop)
+            generator = decoding.generator(device, decoding.batch_seed(sampling.seed, start))
+            new = _sample_batch(model, [prompts[i] for i in idx], prefix, _pad_id(tokenizer), sampling, generator,
+                                stop)
             for i, ids in zip(idx, new):
                 out[i] = ids
     return out
 
 
-def _sample_batch(model, rows: list[list[int]], prefix: _Prefix, pad_id: int, sampling: _Sampling,
-                  max_new_tokens: int, generator, stop) -> list[list[int]]:
+def _sample_batch(model, rows: list[list[int]], prefix: _Prefix, pad_id: int, sampling: decoding.Sampling,
+                  generator, stop) -> list[list[int]]:
     """New token ids per row of one batch: run the suffixes after the prefix, then one cached step per token."""
     import torch
 
@@ -519,13 +497,13 @@ def _sample_batch(model, rows: list[list[int]], prefix: _Prefix, pad_id: int, sa
     positions = torch.tensor([len(r) for r in rows], device=device)  # the next token's position per row
     done = torch.zeros(len(rows), dtype=torch.bool, device=device)
     out: list[list[int]] = [[] for _ in rows]
-    for step in range(max_new_tokens):
-        token = _next_tokens(logits, sampling, generator)
+    for step in range(sampling.max_new_tokens):
+        token = decoding.next_tokens(logits, sampling, generator)
         keep = ~done & ~torch.isin(token, stop)
         for b in keep.nonzero().flatten().tolist():
             out[b].append(int(token[b]))
         done |= ~keep
-        if bool(done.all()) or step == max_new_tokens - 1:
+        if bool(done.all()) or step == sampling.max_new_tokens - 1:
             break
         feed = token.masked_fill(done, pad_id)  # finished rows run on, their output ignored
         mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
@@ -534,24 +512,6 @@ def _sample_batch(model, rows: list[list[int]], prefix: _Prefix, pad_id: int, sa
         cache, logits = result.past_key_values, result.logits[:, -1]
         positions = positions + 1
     return out
-
-
-def _next_tokens(logits, sampling: _Sampling, generator):
-    """One token per row: argmax at temperature 0, else a draw after temperature, top-k and top-p (in that order)."""
-    import torch
-
-    if sampling.temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
-    if sampling.top_k is not None and sampling.top_k < probs.shape[-1]:
-        kth = probs.topk(sampling.top_k, dim=-1).values[:, -1:]
-        probs = probs.masked_fill(probs < kth, 0.0)
-        probs = probs / probs.sum(dim=-1, keepdim=True)  # top-p then reads the renormalised distribution
-    if sampling.top_p < 1:
-        sorted_p, sorted_idx = probs.sort(dim=-1, descending=True)
-        beyond = sorted_p.cumsum(dim=-1) - sorted_p >= sampling.top_p  # the tokens before it already reach top_p
-        probs = torch.zeros_like(probs).scatter(-1, sorted_idx, sorted_p.masked_fill(beyond, 0.0))
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # multinomial renormalises
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import hashlib
 import inspect
 import json
@@ -39,21 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from lib import decoding
+from lib.decoding import Sampling  # the one sampling type; callers import it from here too
 from lib.records import append_jsonl, check_ids, done_ids
 
 log = logging.getLogger(__name__)
 
 Messages = list[dict]
-
-
-@dataclass
-class Sampling:
-    """Decoding settings shared by all backends; temperature 0 means greedy."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    seed: int | None = None
 
 
 class TeacherError(RuntimeError):
@@ -110,46 +101,20 @@ class LocalTeacher:
         # Left padding keeps every prompt's last token at the end of the row, where generation continues.
         self.tokenizer.padding_side = "left"
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).to(device).eval()
-        gen_cfg = self.model.generation_config
-        eos = gen_cfg.eos_token_id if gen_cfg.eos_token_id is not None else self.tokenizer.eos_token_id
-        pad = self.tokenizer.pad_token_id
-        if pad is None:
-            pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
-        if pad is None:
-            raise ValueError(f"LocalTeacher: {self.model_dir} defines no pad or eos token")
-        self.pad_token_id = int(pad)
+        self.pad_token_id = decoding.pad_id(self.tokenizer)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token_id = self.pad_token_id
-        self.generated_tokens = 0  # running count of new non-pad tokens, for throughput measurements
+        self.generated_tokens = 0  # running count of new tokens (stop tokens included), for throughput measurements
 
     def __repr__(self) -> str:
         return f"LocalTeacher({str(self.model_dir)!r}, batch_size={self.batch_size}, device={self.device!r})"
 
     def generate(self, prompts: Sequence[Messages], sampling: Sampling) -> list[str]:
-        """One reply per chat, generated `batch_size` chats at a time."""
-        import torch
-
-        replies: list[str] = []
-        greedy = sampling.temperature <= 0
-        for start in range(0, len(prompts), self.batch_size):
-            chats = prompts[start:start + self.batch_size]
-            texts = [self.tokenizer.apply_chat_template(list(m), tokenize=False, add_generation_prompt=True)
-                     for m in chats]
-            # The chat template already places any special tokens the model expects.
-            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "pad_token_id": self.pad_token_id}
-            if greedy:
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            else:
-                kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
-                if sampling.seed is not None:
-                    torch.manual_seed(sampling.seed)
-            with torch.inference_mode():
-                out = self.model.generate(**enc, **kwargs)
-            new = out[:, enc["input_ids"].shape[1]:]
-            self.generated_tokens += int((new != self.pad_token_id).sum())
-            replies.extend(t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True))
-        return replies
+        """One reply per chat, generated `batch_size` chats at a time (lib.decoding: stop ids, seeding, settings)."""
+        out = decoding.generate_ids(self.model, self.tokenizer, decoding.chat_prompt_ids(self.tokenizer, prompts),
+                                    sampling, batch_size=self.batch_size)
+        self.generated_tokens += out.tokens
+        return decoding.decode(self.tokenizer, out.ids)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,6 +176,8 @@ class OpenAITeacher:
                    "top_p": sampling.top_p, "max_tokens": sampling.max_new_tokens}
         if sampling.seed is not None:
             payload["seed"] = sampling.seed
+        if sampling.top_k is not None:  # an extension (vLLM takes it); sent only when asked for
+            payload["top_k"] = sampling.top_k
         return payload
 
     def _redact(self, msg: str) -> str:
@@ -318,7 +285,7 @@ class OpenAITeacher:
 
 def cache_key(model: str, messages: Messages, sampling: Sampling, attempt: int = 0) -> str:
     """sha256 of everything that determines a reply, so a cached reply is only reused for the same request."""
-    blob = json.dumps({"model": model, "messages": messages, "sampling": dataclasses.asdict(sampling),
+    blob = json.dumps({"model": model, "messages": messages, "sampling": sampling.key(),
                        "attempt": attempt}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

@@ -136,12 +136,26 @@ def write_train_metrics(out_dir: Path, name: str, metrics: dict) -> None:
     (out_dir / name).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def added_prefix_ids(tokenizer) -> list[int]:
+    """The ids the tokenizer itself puts before any text when special tokens are on (Llama 3's post-processor
+    prepends <|begin_of_text|>; ChatML tokenizers put nothing)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for k in range(len(full) - len(plain) + 1):
+        if full[k:k + len(plain)] == plain:
+            return list(full[:k])
+    raise ValueError(f"tokenizer {tokenizer.name_or_path!r} changes a text's own tokens when it adds special tokens")
+
+
 def render_rows(rows: list[dict], tokenizer) -> list[dict]:
     """Conversational rows (prompt + completion, or prompt + chosen/rejected) as plain strings, through the chat
     template: the prompt with the assistant header, each answer as the text the template appends after it.
 
     trl renders conversational rows the same way internally; the string form is what Unsloth's trainers accept.
+    trl 1.15 tokenizes string rows WITH special tokens, so whatever the tokenizer adds itself (Llama 3's BOS) is
+    taken off the front of the rendered prompt here: each row then holds the template's BOS exactly once.
     """
+    prefix = tokenizer.decode(added_prefix_ids(tokenizer))
     out = []
     for i, row in enumerate(rows):
         prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
@@ -154,8 +168,31 @@ def render_rows(rows: list[dict], tokenizer) -> list[dict]:
                 raise ValueError(f"row {i}: the chat template does not render the prompt as a prefix of the whole "
                                  f"conversation, so its {key} cannot be separated from it")
             rendered[key] = full[len(prompt):]
+        if prefix and prompt.startswith(prefix):
+            rendered["prompt"] = prompt[len(prefix):]
         out.append(rendered)
     return out
+
+
+def leading_bos(ids: list[int], bos_id: int | None) -> int:
+    """How many BOS ids a token row starts with."""
+    n = 0
+    while bos_id is not None and n < len(ids) and ids[n] == bos_id:
+        n += 1
+    return n
+
+
+def check_one_bos(dataset, tokenizer, column: str) -> int:
+    """Fail when any tokenized training row starts with more than one BOS (a template BOS plus the tokenizer's own);
+    returns the first row's count, written to the metrics."""
+    bos = tokenizer.bos_token_id
+    counts = [leading_bos(ids[:4], bos) for ids in dataset[column]]
+    bad = [i for i, n in enumerate(counts) if n > 1]
+    if bad:
+        raise ValueError(f"{len(bad)} of {len(counts)} training rows start with {counts[bad[0]]} BOS tokens "
+                         f"({tokenizer.bos_token!r}; first: row {bad[0]}): the chat template's BOS and the tokenizer's "
+                         "own were both kept")
+    return counts[0] if counts else 0
 
 
 def _check_pairs(pairs: list[dict], split: str) -> list[dict]:
@@ -250,7 +287,8 @@ def sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[dict] | 
 
     # Model first: on a GPU box this imports unsloth, which must precede trl/transformers.
     seed = args.get("seed", 42)  # trl's default seed, so unset seeds still reproduce
-    model, tokenizer, backend = load_for_training(model_path, lora, max_seq_length, load_in_4bit, seed=seed)
+    model, tokenizer, backend = load_for_training(model_path, lora, max_seq_length, load_in_4bit, seed=seed,
+                                                  gradient_checkpointing=bool(args.get("gradient_checkpointing")))
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -268,7 +306,8 @@ def sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[dict] | 
     if len(trainer.train_dataset) == 0:  # trl drops a row whose completion truncation cut off entirely
         raise ValueError(f"all {len(train)} training rows were dropped: their prompts fill max_seq_length="
                          f"{max_seq_length} tokens, leaving no completion to learn; raise max_seq_length")
-    metrics = _train_and_save(trainer, tokenizer, out_dir, backend, evaluate=bool(evals))
+    bos = check_one_bos(trainer.train_dataset, tokenizer, "input_ids")
+    metrics = _train_and_save(trainer, tokenizer, out_dir, backend, evaluate=bool(evals)) | {"leading_bos": bos}
     write_train_metrics(out_dir, "train_metrics.json", metrics)
     return metrics
 
@@ -309,7 +348,7 @@ def preference_rewards(model, tokenizer, pairs: list[dict], beta: float, batch_s
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     seqs = []  # (pair index, side, prompt ids, answer ids)
     for i, row in enumerate(rendered):
-        prompt_ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(row["prompt"])["input_ids"]  # as trl tokenizes a rendered prompt (render_rows)
         for side in ("chosen", "rejected"):
             answer_ids = tokenizer(row[side], add_special_tokens=False)["input_ids"]
             if not answer_ids:
@@ -371,7 +410,8 @@ def dpo(model_path: str | Path, train_pairs: list[dict], eval_pairs: list[dict] 
     out_dir = Path(out_dir)
 
     seed = args.get("seed", 42)
-    model, tokenizer, backend = load_for_training(model_path, lora, max_seq_length, load_in_4bit, seed=seed)
+    model, tokenizer, backend = load_for_training(model_path, lora, max_seq_length, load_in_4bit, seed=seed,
+                                                  gradient_checkpointing=bool(args.get("gradient_checkpointing")))
     if backend == "unsloth":
         from unsloth import PatchDPOTrainer
 
@@ -394,10 +434,68 @@ def dpo(model_path: str | Path, train_pairs: list[dict], eval_pairs: list[dict] 
     if kept < len(train):
         log.warning("%d of %d training pairs dropped: prompt longer than max_seq_length=%d",
                     len(train) - kept, len(train), max_seq_length)
+    bos = check_one_bos(trainer.train_dataset, tokenizer, "prompt_ids")
     metrics = _train_and_save(trainer, tokenizer, out_dir, backend, evaluate=bool(evals))
     history = trainer.state.log_history
-    metrics |= {"train_pairs_kept": kept, "beta": config.beta,
+    metrics |= {"train_pairs_kept": kept, "beta": config.beta, "leading_bos": bos,
                 "reward_accuracy": _last_logged(history, "rewards/accuracies"),
                 "reward_margin": _last_logged(history, "rewards/margins")}
     write_train_metrics(out_dir, "train_metrics.json", metrics)
     return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training in a process of its own
+
+def sft_apart(model_path: str | Path, train_rows: list[dict], eval_rows: list[dict] | None, out_dir: str | Path,
+              lora: dict, args: dict, max_seq_length: int = 512, load_in_4bit: bool = False) -> dict:
+    """`sft` in a fresh Python process; its metrics.
+
+    Loading a model through Unsloth patches transformers and peft for the rest of the process (peft's
+    PeftModelForCausalLM.forward among them, which then drops a mixed batch's adapter names). A stage that trains and
+    then decodes with several adapters in one kernel (07's DExperts) trains here, so its kernel never loads Unsloth.
+    """
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    model_path = Path(model_path).resolve() if Path(model_path).exists() else model_path  # else a Hub id
+    request = {"model_path": str(model_path), "train_rows": train_rows, "eval_rows": eval_rows,
+               "out_dir": str(out_dir), "lora": lora, "args": args, "max_seq_length": max_seq_length,
+               "load_in_4bit": load_in_4bit}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=out_dir.parent, delete=False,
+                                     encoding="utf-8") as f:
+        json.dump(request, f)
+    try:
+        root = str(Path(__file__).resolve().parents[1])  # where `lib` is importable from
+        env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        proc = subprocess.run([sys.executable, "-m", "lib.train", "sft", f.name], capture_output=True, text=True,
+                              env=env, check=False)
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training {out_dir} in its own process failed (exit {proc.returncode}):\n"
+                           f"{proc.stderr[-4000:]}")
+    return json.loads((out_dir / "train_metrics.json").read_text(encoding="utf-8"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: `python -m lib.train sft REQUEST.json` (what sft_apart runs)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lib.train", description=sft_apart.__doc__.splitlines()[0])
+    parser.add_argument("task", choices=["sft"])
+    parser.add_argument("request", type=Path, help="JSON with sft's arguments")
+    ns = parser.parse_args(argv)
+    from lib.models import import_unsloth_first
+
+    import_unsloth_first()  # before anything imports transformers/trl/peft, where Unsloth can be used
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sft(**json.loads(ns.request.read_text(encoding="utf-8")))
+
+
+if __name__ == "__main__":
+    main()

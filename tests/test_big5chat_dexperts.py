@@ -4,6 +4,7 @@ import copy
 import pytest
 import torch
 
+from lib import decoding
 from lib.big5chat import dexperts
 from lib.models import load_for_inference
 
@@ -239,7 +240,7 @@ def test_combination_rule_by_hand():
       before the expert joins: base alone -> token 0
     """
     roles = _by_role([3.0, 0.0, 2.9], [0.0, 5.0, 0.6])
-    greedy = lambda logits: dexperts._choose(logits, 0.0, 1.0, None).item()
+    greedy = lambda logits: decoding.next_tokens(logits, decoding.Sampling(temperature=0.0), None).item()
     assert greedy(dexperts._combine(roles, 0.5, expert_joined=True, has_anti=False)) == 2
     assert greedy(dexperts._combine(roles, 2.0, expert_joined=True, has_anti=False)) == 1
     assert greedy(dexperts._combine(roles, 0.5, expert_joined=False, has_anti=False)) == 0
@@ -253,7 +254,7 @@ def test_sampling_draws_from_the_tempered_softmax_of_the_combined_logits():
     """At T 0.6 (the paper's), token frequencies over 40,000 rows match softmax((base + a expert) / 0.6)."""
     roles = _by_role([3.0, 0.0, 2.9], [0.0, 5.0, 0.6])
     logits = dexperts._combine(roles, 0.5, True, False).repeat(40_000, 1)
-    tokens = dexperts._choose(logits, 0.6, 1.0, torch.Generator().manual_seed(0))
+    tokens = decoding.next_tokens(logits, decoding.Sampling(temperature=0.6), torch.Generator().manual_seed(0))
     freq = torch.bincount(tokens, minlength=3).float() / len(tokens)
     expected = torch.softmax(torch.tensor([3.0, 2.5, 3.2]) / 0.6, -1)  # [0.40, 0.17, 0.56] / sum
     assert freq.tolist() == pytest.approx(expected.tolist(), abs=0.01)

@@ -49,6 +49,9 @@ def test_knowledge_missing_facet_or_trait_is_named(tmp_path):
     path.write_text("".join(body.values()).replace("    - {name: f5, description: d}\n", "", 1))
     with pytest.raises(ValueError, match="O must list 6 facets, has 5"):
         assess.load_knowledge(path)
+    path.write_text("O:\n  name: [Openness\n")  # a YAML syntax error names the file, not only the parser's line
+    with pytest.raises(ValueError, match=r"k\.yaml: not valid YAML"):
+        assess.load_knowledge(path)
 
 
 def test_knowledge_prompt_carries_the_facets_and_vanilla_only_the_trait(knowledge):

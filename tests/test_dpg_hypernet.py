@@ -251,3 +251,25 @@ def test_normalized_conditioning_is_fit_on_the_training_prompts_and_kept(tiny_ll
     assert set(a) >= {"cond_mean", "cond_scale"}
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+
+
+def test_trimmed_rows_keep_llama3s_bos(tmp_path, base):
+    """Over-long prompts lose their oldest context after the template's BOS, never the BOS itself (Llama 3); ChatML's
+    first token (<|im_start|>, which opens every message) is trimmed like any other."""
+    from transformers import AutoTokenizer
+
+    from tests.standins import hub_cache
+
+    tok = AutoTokenizer.from_pretrained(hub_cache.build_llama(tmp_path / "llama3"))
+    long = "We talked about work, friends, music and the weekend plans. " * 20
+    row = {"prompt": [{"role": "system", "content": "You are calm."}, {"role": "user", "content": long}],
+           "completion": [{"role": "assistant", "content": "I feel calm and a bit tired."}]}
+    (out,) = hn.tokenize_rows([row], tok, 48, persona_in_context=True)
+    assert len(out["input_ids"]) == 48 and out["input_ids"][0] == tok.bos_token_id
+    assert out["input_ids"].count(tok.bos_token_id) == 1
+    assert out["labels"][0] == -100 and out["labels"][-1] != -100
+    _, chatml = base
+    (short,) = hn.tokenize_rows([row], chatml, 48, persona_in_context=True)
+    full = chatml.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)
+    full = full["input_ids"] if isinstance(full, dict) or hasattr(full, "input_ids") else full
+    assert short["input_ids"] == list(full[-48:])  # ChatML: the newest 48 tokens, as before

@@ -261,6 +261,8 @@ def test_gpu_branches_call_unsloth_and_nf4_as_the_pinned_sources_accept(paper_ru
     # unsloth (DPG's hypernetwork trains its own per-sample LoRA on the plain base: no unsloth there)
     assert len(loads) == 17 and apis.count("FastLanguageModel.get_peft_model") == 17
     assert sum(c["kwargs"]["load_in_4bit"] == "True" for c in loads) == 2  # JIC's QLoRA (sft.jic.load_in_4bit)
+    # the stand-in swaps the id for Unsloth's mirror, absent offline, unless told to load exactly the named repo
+    assert all(c["kwargs"]["use_exact_model_name"] == "True" for c in loads)
     assert apis.count("PatchDPOTrainer") == 2
     renders = [c for c in calls if c["api"] == "render_rows"]
     assert renders and all(c["kwargs"]["all_strings"] == "True" for c in renders)
@@ -269,6 +271,11 @@ def test_gpu_branches_call_unsloth_and_nf4_as_the_pinned_sources_accept(paper_ru
     for trained in ("jic_lora", "dpg", "persllm"):
         metrics = json.loads((paper_run["repo"] / "models/sft" / trained / "train_metrics.json").read_text())
         assert metrics["backend"] == "unsloth", trained
+    # Llama 3's tokenizer prepends a BOS to the rendered rows Unsloth's trainers get: each must hold one, not two
+    trained = {str(p.relative_to(paper_run["repo"])): json.loads(p.read_text())
+               for p in (paper_run["repo"] / "models").glob("*/*/train_metrics.json")}
+    bos = {path: m.get("leading_bos") for path, m in trained.items() if m.get("backend") == "unsloth"}
+    assert len(bos) == 17 and set(bos.values()) == {1}, bos  # every Unsloth training of the run
 
 
 def test_dpo_under_the_stand_in_keeps_one_adapter(paper_run):

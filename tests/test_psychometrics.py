@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lib import decoding
 from lib import psychometrics as pm
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"  # the project's ../shared/data
@@ -483,16 +484,17 @@ def hf_new_tokens(model, tokenizer, chats, max_new_tokens, eos_token_id=None) ->
     return [row[:row.index(eos)] if eos in row else row for row in rows]
 
 
-GREEDY = pm._Sampling(temperature=0.0)
+def greedy(max_new_tokens: int):
+    return decoding.Sampling(temperature=0.0, max_new_tokens=max_new_tokens, seed=0)
 
 
 def test_prefix_generate_greedy_matches_hf_generate(sharp, left_tokenizer):
     model = sharp
     chats = persona_chats(PERSONA)
     assert pm._shared_prefix_len(pm._prompt_ids(left_tokenizer, chats)) > 50
-    stop = pm._stop_token_ids(model, left_tokenizer)
+    stop = decoding.stop_ids(left_tokenizer, model)
     assert stop == [left_tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    ids = pm._prefix_generate_ids(model, left_tokenizer, chats, GREEDY, 12, 0, 2, stop)
+    ids = pm._prefix_generate_ids(model, left_tokenizer, chats, greedy(12), 2, stop)
     assert ids == hf_new_tokens(model, left_tokenizer, chats, 12)
     assert len({tuple(row) for row in ids}) == len(chats)  # replies differ by item, so positions and masks matter
     replies = pm.prefix_generate_fn(model, left_tokenizer, batch_size=3)(chats, 0.0, 12, 0)
@@ -503,9 +505,9 @@ def test_prefix_generate_stops_rows_at_eos(sharp, left_tokenizer):
     """Make a token the greedy path produces a stop token: rows end before it, the others run on."""
     model = sharp
     chats = persona_chats(PERSONA)
-    full = pm._prefix_generate_ids(model, left_tokenizer, chats, GREEDY, 10, 0, 8, [0])
+    full = pm._prefix_generate_ids(model, left_tokenizer, chats, greedy(10), 8, [0])
     stop_token = full[0][3]
-    ids = pm._prefix_generate_ids(model, left_tokenizer, chats, GREEDY, 10, 0, 8, [stop_token])
+    ids = pm._prefix_generate_ids(model, left_tokenizer, chats, greedy(10), 8, [stop_token])
     assert ids[0] == full[0][:full[0].index(stop_token)] and len(ids[0]) <= 3
     assert ids == [row[:row.index(stop_token)] if stop_token in row else row for row in full]
     assert ids == hf_new_tokens(model, left_tokenizer, chats, 10, eos_token_id=stop_token)
@@ -528,15 +530,15 @@ def test_prefix_generate_sampling_is_seeded(tiny, left_tokenizer):
         generate(chats, -1, 8, 0)
 
 
-def test_next_tokens_greedy_top_k_and_top_p():
+def test_next_tokens_greedy_top_k_and_top_p():  # lib.decoding's chooser, which the prefix sampler uses
     import torch
 
     logits = torch.log(torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]])).repeat(200, 1)
-    assert pm._next_tokens(logits, GREEDY, None).tolist() == [1, 0] * 200
+    assert decoding.next_tokens(logits, greedy(1), None).tolist() == [1, 0] * 200
     generator = torch.Generator().manual_seed(0)
 
     def draws(**sampling):
-        tokens = pm._next_tokens(logits, pm._Sampling(1.0, **sampling), generator).view(200, 2)
+        tokens = decoding.next_tokens(logits, decoding.Sampling(1.0, **sampling), generator).view(200, 2)
         return tokens[:, 0].unique().tolist(), tokens[:, 1].unique().tolist()
 
     assert draws() == ([0, 1, 2], [0, 1, 2])

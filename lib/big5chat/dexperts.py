@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lib import decoding
 from lib.models import load_for_inference
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
@@ -79,38 +80,43 @@ def dexperts_generate(model, tokenizer, base_chats: list[Prompt], expert_chats: 
     Sample i: the base reads base_chats[i], adapter experts[i] reads expert_chats[i], and adapter antiexperts[i]
     (None: no anti-expert) reads expert_chats[i] too. Prompts are chats (formatted with the chat template and a
     generation prompt) or token-id lists (used as they are). Greedy when temperature == 0, else temperature +
-    top-p sampling from a torch.Generator seeded with `seed`. A sample stops at the tokenizer's EOS or
-    <|im_end|> unless `ignore_eos` (benchmarks). `mode`: "batched" (one mixed-adapter forward per token),
-    "separate" (base forward + one per adapter group) or "base" (base rows only, experts ignored); batched and
-    separate give the same tokens. With return_stats, returns (replies, DExpertsStats).
+    top-p sampling (lib.decoding.next_tokens) from a generator seeded per chunk of `batch_size` samples with
+    lib.decoding.batch_seed. A sample stops at any of lib.decoding.stop_ids (tokenizer EOS, the generation config's
+    EOS list, the template's end-of-turn token) unless `ignore_eos` (benchmarks). `mode`: "batched" (one
+    mixed-adapter forward per token), "separate" (base forward + one per adapter group) or "base" (base rows only,
+    experts ignored); batched and separate give the same tokens. Before decoding, `check_adapters_apart` proves on a
+    probe that the experts in use give different logits in this mode (it fails loudly where a patched forward, such
+    as Unsloth's, would let every row decode with one adapter). With return_stats, returns (replies, DExpertsStats).
     """
-    import torch
-
     antiexperts = list(antiexperts) if antiexperts is not None else [None] * len(base_chats)
     _validate(model, base_chats, expert_chats, experts, antiexperts, max_new_tokens, join_after, temperature,
               top_p, batch_size, mode)
     start = time.perf_counter()
     base_ids = [_prompt_ids(tokenizer, p) for p in base_chats]
     expert_ids = [_prompt_ids(tokenizer, p) for p in expert_chats]
-    decoding = _Decoding(alpha=alpha, max_new_tokens=max_new_tokens, join_after=join_after, temperature=temperature,
-                         top_p=top_p, stop_ids=set() if ignore_eos else _stop_ids(tokenizer),
-                         pad_id=tokenizer.pad_token_id, generator=torch.Generator(model.device).manual_seed(seed))
+    sampling = decoding.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    settings = _Decoding(alpha=alpha, join_after=join_after, sampling=sampling,
+                         stop_ids=set() if ignore_eos else set(decoding.stop_ids(tokenizer, model)),
+                         pad_id=decoding.pad_id(tokenizer), generator=None)
     token_ids: list[list[int]] = []
     forwards, prefill_seconds = 0, 0.0
     active = model.active_adapter  # separate mode switches adapters; the caller gets its own setting back
     try:
+        if mode != "base":
+            check_adapters_apart(model, expert_ids[0], [*experts, *(a for a in antiexperts if a)], mode)
         for lo in range(0, len(base_ids), batch_size):
             chunk = slice(lo, lo + batch_size)
             streams = _streams(model, mode, base_ids[chunk], expert_ids[chunk], experts[chunk], antiexperts[chunk],
-                               decoding.pad_id)
-            new, n, prefill = _decode_chunk(streams, decoding, n_samples=len(base_ids[chunk]))
+                               settings.pad_id)
+            settings.generator = decoding.generator(model.device, decoding.batch_seed(seed, lo))
+            new, n, prefill = _decode_chunk(streams, settings, n_samples=len(base_ids[chunk]))
             token_ids.extend(new)
             forwards += n
             prefill_seconds += prefill
     finally:
         if model.active_adapter != active:
             model.set_adapter(active, inference_mode=True)
-    stop = decoding.stop_ids
+    stop = settings.stop_ids
     replies = [tokenizer.decode(ids[:-1] if ids and ids[-1] in stop else ids, skip_special_tokens=True).strip()
                for ids in token_ids]
     if not return_stats:
@@ -162,17 +168,43 @@ def _prompt_ids(tokenizer, prompt: Prompt) -> list[int]:
     if prompt and all(isinstance(t, int) for t in prompt):
         return list(prompt)
     if prompt and all(isinstance(m, dict) for m in prompt):
-        # The template inserts any special tokens itself; adding them again would duplicate the BOS.
-        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+        return decoding.chat_prompt_ids(tokenizer, [prompt])[0]
     raise ValueError(f"a prompt must be a non-empty list of chat messages or of token ids, got {prompt!r:.200}")
 
 
-def _stop_ids(tokenizer) -> set[int]:
-    """Token ids that end a reply: the tokenizer's EOS and, where the vocabulary has it, ChatML's <|im_end|>."""
-    stop = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    im_end = tokenizer.get_vocab().get("<|im_end|>")
-    return stop | ({im_end} if im_end is not None else set())
+class AdapterCollapse(RuntimeError):
+    """Different LoRA experts gave identical logits: the forward in use does not route rows to their adapters."""
+
+
+def check_adapters_apart(model, prompt_ids: list[int], adapters: list[str], mode: str) -> None:
+    """Fail loudly unless every pair of different adapters gives different next-token logits on one probe prompt,
+    run the way `mode` runs them (one mixed-adapter batch, or each adapter active alone).
+
+    Unsloth replaces peft.PeftModelForCausalLM.forward for the whole process when it loads a model; its forward
+    never enters peft's adapter-name hooks, so a mixed batch's `adapter_names` are dropped without a word and every
+    row decodes with the first adapter. One forward of one row per adapter catches that (and an expert that never
+    trained away from another). Decode in a process where Unsloth has not been imported (lib.train.sft_apart).
+    """
+    import torch
+
+    names = list(dict.fromkeys(adapters))
+    if len(names) < 2:
+        return
+    rows = [("expert", i, prompt_ids) for i in range(len(names))]
+    if mode == "batched":
+        streams = [_stream(model, names, rows, pad_id=0)]
+    else:
+        streams = [_stream(model, name, [row], pad_id=0) for name, row in zip(names, rows)]
+    with torch.inference_mode():
+        logits = torch.cat([s.prefill() for s in streams])
+    same = [(names[a], names[b]) for a in range(len(names)) for b in range(a + 1, len(names))
+            if torch.equal(logits[a], logits[b])]
+    if same:
+        raise AdapterCollapse(
+            f"DExperts ({mode}): adapters {same} give identical logits on a probe prompt, so the experts would not "
+            f"steer. Either peft's forward has been replaced in this process (Unsloth does that when it loads a "
+            f"model: train with Unsloth in another process, e.g. lib.train.sft_apart) or these adapters never "
+            f"trained apart.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,19 +264,6 @@ class _Stream:
         return out.logits[:, -1, :]
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple:
-    """(input_ids, attention_mask) LongTensors with each row right-aligned, pads on the left."""
-    import torch
-
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
-        ids[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[r, width - len(row):] = 1
-    return ids.to(device), mask.to(device)
-
-
 def _stream(model, adapter: str | list[str] | None, rows: list[tuple[str, int, list[int]]], pad_id: int) -> _Stream:
     """A stream over (role, sample index, prompt ids) rows; `adapter` as in _Stream (a list: one name per row)."""
     import torch
@@ -252,7 +271,8 @@ def _stream(model, adapter: str | list[str] | None, rows: list[tuple[str, int, l
     per_row = adapter if isinstance(adapter, list) else [adapter] * len(rows)
     distinct: dict[tuple, int] = {}
     expand = [distinct.setdefault((name, tuple(prompt)), len(distinct)) for name, (_, _, prompt) in zip(per_row, rows)]
-    ids, mask = _left_pad([list(prompt) for _, prompt in distinct], pad_id, model.device)
+    enc = decoding.left_pad([list(prompt) for _, prompt in distinct], pad_id, model.device)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
     prefill_adapter = [name for name, _ in distinct] if isinstance(adapter, list) else adapter
     return _Stream(model=model, adapter=adapter, roles=[role for role, _, _ in rows],
                    samples=torch.tensor([i for _, i, _ in rows], device=model.device), prefill_ids=ids,
@@ -284,12 +304,10 @@ def _streams(model, mode: str, base_ids: list[list[int]], expert_ids: list[list[
 
 @dataclass
 class _Decoding:
-    """Settings shared by every chunk of one dexperts_generate call."""
+    """Settings shared by every chunk of one dexperts_generate call (the generator is re-seeded per chunk)."""
     alpha: float
-    max_new_tokens: int
     join_after: int
-    temperature: float
-    top_p: float
+    sampling: decoding.Sampling
     stop_ids: set[int]
     pad_id: int
     generator: Any
@@ -317,20 +335,6 @@ def _combine(by_role: dict, alpha: float, expert_joined: bool, has_anti: bool):
     return logits - alpha * by_role["anti"] if has_anti else logits
 
 
-def _choose(logits, temperature: float, top_p: float, generator):
-    """Next token per row: argmax when temperature == 0, else a temperature + top-p (nucleus) sample."""
-    import torch
-
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the mass before this token already reaches top_p
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # multinomial renormalizes
-
-
 def _decode_chunk(streams: list[_Stream], d: _Decoding, n_samples: int) -> tuple[list[list[int]], int, float]:
     """Decode one chunk of samples: (new token ids per sample, number of forwards, prefill seconds)."""
     import torch
@@ -343,15 +347,15 @@ def _decode_chunk(streams: list[_Stream], d: _Decoding, n_samples: int) -> tuple
         logits = [s.prefill() for s in streams]
         prefill_seconds = time.perf_counter() - start
         forwards = len(streams)
-        for step in range(d.max_new_tokens):
+        for step in range(d.sampling.max_new_tokens):
             by_role = _by_role(streams, logits, n_samples)
-            tokens = _choose(_combine(by_role, d.alpha, step >= d.join_after, has_anti), d.temperature, d.top_p,
-                             d.generator)
+            tokens = decoding.next_tokens(_combine(by_role, d.alpha, step >= d.join_after, has_anti), d.sampling,
+                                          d.generator)
             for i, token in enumerate(tokens.tolist()):
                 if not done[i]:
                     new[i].append(token)
                     done[i] = token in d.stop_ids
-            if all(done) or step == d.max_new_tokens - 1:
+            if all(done) or step == d.sampling.max_new_tokens - 1:
                 break
             tokens = tokens.masked_fill(torch.tensor(done, device=tokens.device), d.pad_id)  # finished: filler
             logits = [s.step(tokens[s.samples]) for s in streams]

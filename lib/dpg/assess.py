@@ -75,7 +75,10 @@ def load_knowledge(path: str | Path) -> dict[str, dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"trait knowledge not found: {path}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(  # noqa: TRY004
             f"{path}: expected a mapping of the traits {list(TRAITS)}, got {type(data).__name__}")

@@ -41,6 +41,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lib import decoding
+
 log = logging.getLogger(__name__)
 
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -301,8 +303,10 @@ def split_persona(row: dict, persona_in_context: bool) -> tuple[str, list[dict],
 def tokenize_rows(rows: Sequence[dict], tokenizer, max_seq_length: int, persona_in_context: bool) -> list[dict]:
     """Per row: personality prompt text, input ids of the chat + completion, and labels on the completion only.
 
-    Long rows lose their oldest context first (the completion is kept whole up to max_seq_length)."""
+    Long rows lose their oldest context first, after the BOS the chat template starts them with (the completion is
+    kept whole up to max_seq_length)."""
     out = []
+    bos = decoding.template_bos_id(tokenizer)
     for i, row in enumerate(rows):
         persona, chat, completion = split_persona(row, persona_in_context)
         if not completion:
@@ -314,9 +318,12 @@ def tokenize_rows(rows: Sequence[dict], tokenizer, max_seq_length: int, persona_
         if full_ids[:len(prompt_ids)] != prompt_ids:
             raise ValueError(f"row {i}: the chat template does not render the prompt as a prefix of the conversation")
         answer = full_ids[len(prompt_ids):]
-        keep = max(0, max_seq_length - len(answer))
-        prompt_ids = prompt_ids[len(prompt_ids) - keep:] if keep else []
-        answer = answer[:max_seq_length]
+        # The template's leading BOS (Llama 3) stays when old context is cut: the model never sees a row without it.
+        head = prompt_ids[:1] if bos is not None and prompt_ids[:1] == [bos] else []
+        body = prompt_ids[len(head):]
+        keep = max(0, max_seq_length - len(answer) - len(head))
+        prompt_ids = head + (body[max(0, len(body) - keep):] if keep else [])
+        answer = answer[:max_seq_length - len(head)]
         out.append({"persona": persona, "input_ids": prompt_ids + answer,
                     "labels": [-100] * len(prompt_ids) + answer})
     return out
@@ -511,32 +518,20 @@ def generate(model, tokenizer, hyper: HyperLoRA | None, chats: list[list[dict]],
              seed: int = 0) -> list[str]:
     """Replies to `chats`, sample i decoded with the LoRA generated from personas[i] (or the base when hyper is None).
 
-    Greedy at temperature 0; otherwise sampled with a seed per batch, so a rerun gives the same replies.
+    Greedy at temperature 0; otherwise sampled. Stop ids, seeding per batch and the explicit settings are
+    lib.decoding's, as for every other generation routine here.
     """
     if hyper is not None and (personas is None or len(personas) != len(chats)):
         raise ValueError(f"{len(chats)} chats need as many personality prompts (got "
                          f"{None if personas is None else len(personas)})")
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sampling = decoding.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     cond = _conditioning(model, tokenizer, personas) if hyper is not None else {}
-    replies = []
-    try:
-        for lo in range(0, len(chats), batch_size):
-            texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
-                     for c in chats[lo:lo + batch_size]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            kwargs = {"max_new_tokens": max_new_tokens, "pad_token_id": pad, "do_sample": temperature > 0}
-            if temperature > 0:
-                kwargs |= {"temperature": temperature, "top_p": top_p}
-                torch.manual_seed(seed + lo)
-            ctx = contextlib.nullcontext()
-            if hyper is not None:
-                weights = hyper(torch.stack([cond[p] for p in personas[lo:lo + batch_size]]).to(model.device))
-                ctx = lora_weights(model, weights, hyper.scale)
-            with ctx:
-                out = model.generate(**enc, **kwargs)
-            replies += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-    return [r.strip() for r in replies]
+
+    def with_generated_lora(lo: int, hi: int):
+        if hyper is None:
+            return contextlib.nullcontext()
+        return lora_weights(model, hyper(torch.stack([cond[p] for p in personas[lo:hi]]).to(model.device)), hyper.scale)
+
+    out = decoding.generate_ids(model, tokenizer, decoding.chat_prompt_ids(tokenizer, chats), sampling,
+                                batch_size=batch_size, batch_context=with_generated_lora)
+    return decoding.decode(tokenizer, out.ids)

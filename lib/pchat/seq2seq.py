@@ -176,20 +176,15 @@ def load_seq2seq(model_path: str | Path, adapter_dir: str | Path | None = None) 
 def seq2seq_generate(model, tokenizer, sources: list[str], max_new_tokens: int = 40, batch_size: int = 8,
                      max_source_length: int = 512, temperature: float = 0.0, top_p: float = 1.0,
                      seed: int = 0) -> list[str]:
-    """Replies, one per source, in order: greedy at temperature 0, else sampled (nucleus `top_p`) from a generator
-    seeded once with `seed`, as lib.models.generate_chat does for decoder-only models."""
-    import torch
+    """Replies, one per source, in order: greedy at temperature 0, else sampled (nucleus `top_p`); lib.decoding's
+    explicit settings, so facebook/bart-base's config (4 beams, trigram blocking) does not turn greedy into beam
+    search, and its seeding per batch, as for the decoder-only models."""
+    from lib import decoding
 
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    sampling = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature,
-                                                             "top_p": top_p}
-    torch.manual_seed(seed)
-    replies = []
-    for lo in range(0, len(sources), batch_size):
-        enc = tokenizer(sources[lo:lo + batch_size], return_tensors="pt", padding=True, truncation=True,
-                        max_length=max_source_length).to(model.device)
-        with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, **sampling)
-        replies += [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
-    return replies
+    sampling = decoding.Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+
+    def encode(chunk):
+        return tokenizer(list(chunk), return_tensors="pt", padding=True, truncation=True, max_length=max_source_length)
+
+    out = decoding.generate_ids(model, tokenizer, sources, sampling, batch_size=batch_size, encode=encode)
+    return decoding.decode(tokenizer, out.ids)

@@ -42,33 +42,51 @@ TEXTS = ["I wrote in my journal today about the long walk by the river.",
          "I plan my week carefully and keep lists. Art and new ideas fascinate me."]
 
 
-def _byte_bpe_tokenizer(out: Path, tokenizer_class, specials: list[str], model_max_length: int,
-                        vocab_size: int = 400):
-    """A byte-level BPE (GPT-2 style vocab.json + merges.txt, as DeBERTa and BART ship) as `tokenizer_class`,
-    saved to `out`; model_max_length as the real checkpoint's (bert_score truncates to it)."""
+def _train_byte_bpe(vocab_size: int = 400, first: tuple[str, ...] = (), last: tuple[str, ...] = ()
+                    ) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocab, merges) of a GPT-2 style byte-level BPE trained on TEXTS: the `first` special tokens take the lowest
+    ids, the trained vocabulary follows, and the `last` ones come after it (RoBERTa-family vocabularies put <mask>
+    or [MASK] at the very end, id 50264 in the real files)."""
     from tokenizers import ByteLevelBPETokenizer
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(TEXTS * 4, vocab_size=vocab_size, special_tokens=specials)
-    work = out / "_bpe"
-    work.mkdir(parents=True, exist_ok=True)
-    vocab, merges = bpe.save_model(str(work))
-    tok = tokenizer_class(vocab=vocab, merges=merges, model_max_length=model_max_length)  # transformers 5 names
-    shutil.rmtree(work)
-    tok.save_pretrained(out)
-    return tok
+    bpe.train_from_iterator(TEXTS * 4, vocab_size=vocab_size, special_tokens=list(first), show_progress=False)
+    model = json.loads(bpe.to_str())["model"]
+    vocab = dict(model["vocab"])
+    for token in last:
+        vocab[token] = len(vocab)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return vocab, merges
 
 
 def build_deberta(out: Path, seed: int = 0) -> Path:
-    """A 24-layer, 16-wide DebertaModel with a byte-level BPE tokenizer (microsoft/deberta-large's architecture)."""
-    import torch
-    from transformers import DebertaConfig, DebertaModel, DebertaTokenizerFast
+    """microsoft/deberta-large in miniature: 24 layers (so layer choices like BERTScore's stay valid), 16 wide, and
+    the real repo's quirks, which a kinder stand-in would hide:
 
-    tok = _byte_bpe_tokenizer(out, DebertaTokenizerFast, ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"], 512)
+    - The tokenizer files are only vocab.json, merges.txt and a two-key tokenizer_config.json
+      ({"do_lower_case": false, "vocab_type": "gpt2"}): no tokenizer.json, no special_tokens_map.json and no
+      model_max_length, so AutoTokenizer reports transformers' "no limit" (int(1e30)) and `truncation=True` alone
+      truncates nothing. Whoever tokenizes for it must pass max_length (the config's max_position_embeddings, 512).
+    - Positions are relative only (relative_attention, position_biased_input false, pos_att_type c2p|p2c), so a
+      text past 512 tokens does not crash the model the way BERT's absolute embeddings would: it is silently encoded
+      with clipped relative positions.
+    - [PAD] 0, [CLS] 1, [SEP] 2, [UNK] 3 first and [MASK] last, as in the real vocabulary.
+    """
+    import torch
+    from transformers import DebertaConfig, DebertaModel
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab, merges = _train_byte_bpe(first=("[PAD]", "[CLS]", "[SEP]", "[UNK]"), last=("[MASK]",))
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (out / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    (out / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False, "vocab_type": "gpt2"}),
+                                               encoding="utf-8")
     torch.manual_seed(seed)
-    # deberta-large has 24 layers; so does this one (16 wide), so layer choices like BERTScore's 17 stay valid
-    config = DebertaConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=24, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=512, pad_token_id=tok.pad_token_id)
+    config = DebertaConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=24, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=512, relative_attention=True,
+                           position_biased_input=False, pos_att_type="c2p|p2c", max_relative_positions=-1,
+                           layer_norm_eps=1e-7, type_vocab_size=0, pad_token_id=vocab["[PAD]"])
     DebertaModel(config).save_pretrained(out)
     return out
 
@@ -95,40 +113,126 @@ def build_bert(out: Path, seed: int = 0) -> Path:
     return out
 
 
+# facebook/bart-base's config.json (transformers 4.12 era) carries these generation settings itself and the repo has
+# no generation_config.json; transformers 5 pops them from the model config and builds model.generation_config from
+# config.json instead (GenerationMixin.adjust_generation_fn), so generate() does 4-beam search with 3-gram blocking
+# unless the caller says otherwise.
+BART_BASE_GENERATION = {
+    "early_stopping": True, "no_repeat_ngram_size": 3, "num_beams": 4, "forced_bos_token_id": 0,
+    "forced_eos_token_id": 2,
+    "task_specific_params": {
+        "summarization": {"length_penalty": 1.0, "max_length": 128, "min_length": 12, "num_beams": 4},
+        "summarization_cnn": {"length_penalty": 2.0, "max_length": 142, "min_length": 56, "num_beams": 4},
+        "summarization_xsum": {"length_penalty": 1.0, "max_length": 62, "min_length": 11, "num_beams": 6},
+    },
+}
+
+
 def build_bart(out: Path, seed: int = 0) -> Path:
-    """A 1+1-layer BartForConditionalGeneration with a byte-level BPE tokenizer (facebook/bart-base's architecture)."""
+    """facebook/bart-base in miniature (1+1 layers, 32 wide) with its quirks:
+
+    - <s> 0, <pad> 1, </s> 2, <unk> 3 first and <mask> last, as in the real vocabulary;
+    - the legacy generation keys in config.json (BART_BASE_GENERATION: num_beams 4, no_repeat_ngram_size 3,
+      early_stopping, forced_bos_token_id 0, forced_eos_token_id 2, task_specific_params) and NO
+      generation_config.json, so a caller that wants greedy decoding has to ask for num_beams=1 itself.
+    """
     import torch
     from transformers import BartConfig, BartForConditionalGeneration, BartTokenizerFast
 
-    tok = _byte_bpe_tokenizer(out, BartTokenizerFast, ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], 1024)
+    out = Path(out)
+    vocab, merges = _train_byte_bpe(first=("<s>", "<pad>", "</s>", "<unk>"), last=("<mask>",))
+    tok = BartTokenizerFast(vocab=vocab, merges=merges, model_max_length=1024)  # transformers 5 names
+    tok.save_pretrained(out)
     torch.manual_seed(seed)
     config = BartConfig(vocab_size=len(tok), d_model=32, encoder_layers=1, decoder_layers=1,
                         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                        max_position_embeddings=512, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                        eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.eos_token_id,
-                        forced_eos_token_id=tok.eos_token_id)
-    BartForConditionalGeneration(config).save_pretrained(out)
+                        max_position_embeddings=1024, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                        eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.eos_token_id)
+    BartForConditionalGeneration(config).save_pretrained(out)  # refuses generation keys in the config: added below
+    (out / "generation_config.json").unlink()
+    saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    (out / "config.json").write_text(json.dumps(saved | BART_BASE_GENERATION, indent=2), encoding="utf-8")
     return out
 
 
+# Meta-Llama-3's 256 special tokens in their real order (ids 128000-128255 there; here right after the small
+# trained vocabulary, same relative order).
+LLAMA3_SPECIALS = (["<|begin_of_text|>", "<|end_of_text|>"]
+                   + [f"<|reserved_special_token_{i}|>" for i in range(4)]
+                   + ["<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>"]
+                   + [f"<|reserved_special_token_{i}|>" for i in range(5, 251)])
+# Meta-Llama-3-8B-Instruct's tokenizer_config.json chat template, verbatim.
+LLAMA3_CHAT_TEMPLATE = ("{% set loop_messages = messages %}{% for message in loop_messages %}"
+                        "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+                        "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+                        "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+                        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+                        "{% endif %}")
+# The tiktoken-style pre-tokenizer split of Llama 3's tokenizer.json.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
 def build_llama(out: Path, seed: int = 0) -> Path:
-    """The repository's micro Llama (LlamaForCausalLM, chat template) under a Llama/Mistral id, with its output
-    embedding untied from its input one, as Meta-Llama-3-8B-Instruct has it (tie_word_embeddings false).
+    """meta-llama/Meta-Llama-3-8B-Instruct in miniature (2 layers, 32 wide, grouped-query attention) with the real
+    repo's quirks, which the ChatML micro model of the tiny profile (lib.models.build_tiny_llama) does not have:
 
-    Tied, a random micro Llama greedily repeats the last prompt token, the "\\n" after "assistant", so every greedy
-    reply (11_generate_jic) strips to "" and JIC's overlap metrics, BERTScore included, would score no pair."""
+    - a byte-level BPE over TEXTS followed by Llama 3's 256 special tokens in their real order (LLAMA3_SPECIALS);
+    - the tokenizer.json post-processor prepends <|begin_of_text|>, so tok(text) starts with BOS and a chat prompt
+      rendered by the template (which writes bos_token itself) gets a second BOS unless tokenized with
+      add_special_tokens=False;
+    - bos <|begin_of_text|>, eos <|eot_id|>, NO pad token (pad_token is None: padding needs one set by the caller),
+      and tokenizer_config.json's model_max_length is transformers' "no limit" (int(1e30)) as in the real file;
+    - the real chat template (LLAMA3_CHAT_TEMPLATE): header tokens, "\n\n", trimmed content, <|eot_id|>;
+    - generation_config.json as the real one: eos [<|end_of_text|>, <|eot_id|>], do_sample with temperature 0.6
+      and top_p 0.9, max_length 4096, no pad_token_id; so generate() samples unless told do_sample=False.
+
+    Its output embedding is untied from its input one, as Meta-Llama-3-8B-Instruct has it (tie_word_embeddings
+    false). Tied, a random micro Llama greedily repeats the last prompt token, the "\n" after "assistant", so every
+    greedy reply (11_generate_jic) strips to "" and JIC's overlap metrics, BERTScore included, would score no pair."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from lib.models import build_tiny_llama
-
-    build_tiny_llama(out, texts=TEXTS)
-    config = LlamaConfig.from_pretrained(out)
-    config.tie_word_embeddings = False
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(TEXTS * 4, trainers.BpeTrainer(vocab_size=400, show_progress=False,
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.add_special_tokens(LLAMA3_SPECIALS)
+    ids = {t: tok.token_to_id(t) for t in LLAMA3_SPECIALS}
+    bos, eot, end = ids["<|begin_of_text|>"], ids["<|eot_id|>"], ids["<|end_of_text|>"]
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                      pair="<|begin_of_text|> $A <|begin_of_text|>:1 $B:1",
+                                      special_tokens=[("<|begin_of_text|>", bos)])])
+    tok.save(str(out / "tokenizer.json"))
+    added = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                      "special": True} for t, i in ids.items()}
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "added_tokens_decoder": added, "bos_token": "<|begin_of_text|>", "chat_template": LLAMA3_CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": True, "eos_token": "<|eot_id|>",
+        "model_input_names": ["input_ids", "attention_mask"], "model_max_length": 1000000000000000019884624838656,
+        "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2), encoding="utf-8")
+    (out / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<|begin_of_text|>",
+                                                             "eos_token": "<|eot_id|>"}), encoding="utf-8")
     torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                         rope_theta=500000.0, rms_norm_eps=1e-5, bos_token_id=bos, eos_token_id=eot,
+                         pad_token_id=None, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = config.pad_token_id
+    model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=[end, eot], do_sample=True,
+                                               temperature=0.6, top_p=0.9, max_length=4096)
     model.save_pretrained(out)
+    saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    saved.pop("pad_token_id", None)  # the real config.json has no such key (transformers writes it as null)
+    (out / "config.json").write_text(json.dumps(saved, indent=2), encoding="utf-8")
     return out
 
 

@@ -84,3 +84,22 @@ def check_call(api: str, kwargs: dict, accepted: set[str]) -> None:
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise TypeError(f"{api} has no parameter(s) {unknown} in the pinned source (named: {sorted(accepted)})")
+
+
+def unsloth_name_map() -> dict[str, tuple[str, str]]:
+    """{Hub id (any case): (Unsloth's 16-bit mirror, its bnb-4bit copy)} from the pinned unsloth/models/mapper.py's
+    __INT_TO_FLOAT_MAPPER, whose entries read `"<4-bit copy>": ("<16-bit mirror>", "<original id>", ...)`."""
+    with zipfile.ZipFile(unsloth_wheel()) as wheel:
+        tree = ast.parse(wheel.read("unsloth/models/mapper.py").decode("utf-8"))
+    table = next(node.value for node in tree.body if isinstance(node, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == "__INT_TO_FLOAT_MAPPER" for t in node.targets))
+    out = {}
+    for key, value in zip(table.keys, table.values):
+        names = [e.value for e in getattr(value, "elts", [value]) if isinstance(e, ast.Constant)]
+        if names and not names[0].startswith("unsloth/"):  # a 4-bit copy of a repo Unsloth does not mirror
+            names.insert(0, names[0])
+        for original in names[1:]:
+            out[original.lower()] = (names[0], key.value)
+    if not out:
+        raise LookupError("unsloth/models/mapper.py: no __INT_TO_FLOAT_MAPPER entries (unsloth moved it?)")
+    return out
