@@ -183,15 +183,18 @@ def leading_bos(ids: list[int], bos_id: int | None) -> int:
 
 
 def check_one_bos(dataset, tokenizer, column: str) -> int:
-    """Fail when any tokenized training row starts with more than one BOS (a template BOS plus the tokenizer's own);
-    returns the first row's count, written to the metrics."""
-    bos = tokenizer.bos_token_id
+    """Fail unless every tokenized training row starts with one BOS where the chat template writes one (Llama 3):
+    two when the tokenizer's own BOS was kept as well, none when a trainer dropped special tokens and the template's
+    was stripped (render_rows). Returns the first row's count, written to the metrics."""
+    from lib import decoding
+
+    bos, want = tokenizer.bos_token_id, decoding.template_bos_id(tokenizer)
     counts = [leading_bos(ids[:4], bos) for ids in dataset[column]]
-    bad = [i for i, n in enumerate(counts) if n > 1]
+    bad = [i for i, n in enumerate(counts) if n > 1 or (want is not None and n != 1)]
     if bad:
         raise ValueError(f"{len(bad)} of {len(counts)} training rows start with {counts[bad[0]]} BOS tokens "
-                         f"({tokenizer.bos_token!r}; first: row {bad[0]}): the chat template's BOS and the tokenizer's "
-                         "own were both kept")
+                         f"({tokenizer.bos_token!r}; first: row {bad[0]}), not one: the chat template's BOS and the "
+                         "tokenizer's own were both kept, or neither")
     return counts[0] if counts else 0
 
 

@@ -164,3 +164,17 @@ def test_rendered_rows_tokenized_as_trl_does_hold_one_bos(tmp_path):
                      train_dataset=Dataset.from_list(render_rows(PAIRS, tok)))
     for ids in [*sft.train_dataset["input_ids"], *dpo.train_dataset["prompt_ids"]]:
         assert ids[0] == bos and ids[1] != bos
+
+
+def test_a_row_without_its_bos_fails_too(tmp_path):
+    """Had a trainer tokenized the stripped prompts without special tokens, rows would start with no BOS at all."""
+    from transformers import AutoTokenizer
+
+    from lib.train import check_one_bos
+
+    tok = AutoTokenizer.from_pretrained(hub_cache.build_llama(tmp_path / "llama3"))
+    bos, text = tok.bos_token_id, tok("I wrote", add_special_tokens=False)["input_ids"]
+    assert check_one_bos({"input_ids": [[bos, *text]]}, tok, "input_ids") == 1
+    for rows in ([[bos, bos, *text]], [text]):
+        with pytest.raises(ValueError, match="not one"):
+            check_one_bos({"input_ids": rows}, tok, "input_ids")
