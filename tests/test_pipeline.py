@@ -82,7 +82,8 @@ def test_tiny_dag_runs_end_to_end(tiny_run, teacher):
     assert set(ran) == {"00_models", "01_scrape_jic", "02_cluster_jic", "03_classifier", "04_filter_jic",
                         "06_synthesize_jic", "08_sft_jic@lora", "08_sft_jic@raft", "11_generate_jic", "12_eval_jic",
                         "01_scrape_big5chat", "07_dexperts_big5chat", "08_sft_big5chat", "09_dpo_big5chat",
-                        "11_generate_big5chat", "12_eval_big5chat", "01_scrape_pchat", "05_label_pchat",
+                        "11_generate_big5chat", "12_eval_big5chat", "12_reasoning_big5chat", "01_scrape_pchat",
+                        "05_label_pchat",
                         "06_synthesize_pchat", "08_sft_pchat@p", "08_sft_pchat@pt", "08_sft_pchat@ppt",
                         "11_generate_pchat", "12_eval_pchat", "01_scrape_dpg", "05_label_dpg", "08_sft_dpg",
                         "10_hypernet_dpg", "11_generate_dpg", "12_eval_dpg", "01_scrape_persllm",
@@ -154,8 +155,26 @@ def test_tiny_big5chat_path(tiny_run):
     ev = json.loads((repo / "reports/metrics/12_eval_big5chat.json").read_text())
     assert set(ev["gaps"]["loglik/ipip120"]) == {"base", "instruct", "demo", "sft", "dpo"}
     assert all(v == 0 for v in ev["gaps"]["loglik/ipip120"]["base"].values())  # the base is never induced
-    for name in ("07_dexperts_big5chat", "12_eval_big5chat"):
+    for name in ("07_dexperts_big5chat", "12_eval_big5chat", "12_eval_big5chat_replies", "12_reasoning_big5chat"):
         assert (repo / "figures" / f"{name}.png").stat().st_size > 1000
+    # the released-data path: 08/09 trained on BIG5-CHAT's own replies, the held-out scenarios never among them
+    sft = json.loads((repo / "reports/metrics/08_sft_big5chat.json").read_text())
+    dpo = json.loads((repo / "reports/metrics/09_dpo_big5chat.json").read_text())
+    assert sft["source"] == dpo["source"] == "released" and sft["train_rows"] == 20  # 2 per trait x level
+    assert dpo["train_pairs"] == 20 and dpo["pair_stats"]["train"]["groups_used"] == 10
+    scrape = json.loads((repo / "reports/metrics/01_scrape_big5chat.json").read_text())["released"]
+    assert scrape["prompted_found"] == 200 and scrape["by_split"]["scenario"] >= 200
+    replies = ev["replies"]
+    assert replies["scenarios"] == 10 and replies["replies"] == 10 * 9  # base once, 4 methods x 2 levels
+    assert all(0.85 < v["mean"] <= 1 for v in replies["judge_heldout_accuracy"].values())  # the real replies' judge
+    assert {r["trained"] for r in replies["training_vs_prompting"]} == {"sft", "dpo"}
+    # reasoning: a real lm_eval run per model x persona on 2 items of each task
+    rsn = json.loads((repo / "reports/metrics/12_reasoning_big5chat.json").read_text())
+    assert rsn["conditions"] == 1 + 3 * 2 * 2  # base; prompt, sft, dpo x traits O, E x two levels
+    assert set(rsn["items_per_task"]) == {"gsm8k", "mathqa", "truthfulqa_mc1", "truthfulqa_mc2", "commonsense_qa",
+                                          "piqa", "social_iqa", "mmlu"}
+    assert all(n == 2 for n in rsn["items_per_task"].values())
+    assert {k.split("/")[0] for k in rsn["high_minus_low"]} == {"prompt", "sft", "dpo"}
 
 
 def test_tiny_pchat_path(tiny_run):
