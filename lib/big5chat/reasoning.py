@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib.big5chat import _check, persona_instruction  # noqa: F401  (persona_instruction: the SFT/DPO prompt)
+from lib.big5chat import persona_instruction  # noqa: F401  (the SFT/DPO prompt, re-exported)
 from lib.stats import direction, mean_ci, verdict
-from lib.traits import NAMES, TRAITS
+from lib.traits import LEVELS, NAMES, TRAITS
 
 TASKS = ("gsm8k", "mathqa", "truthfulqa_mc1", "truthfulqa_mc2", "commonsense_qa", "piqa", "social_iqa", "mmlu")
 
@@ -77,7 +77,8 @@ def prompting_instruction(trait: str, level: str) -> str:
 
     The README gives the pattern `You are a person with <level> <trait>.`; the trait name is lower case there.
     """
-    _check(trait, level)
+    if trait not in TRAITS or level not in LEVELS:
+        raise ValueError(f"unknown trait {trait!r} or level {level!r}; expected one of {list(TRAITS)} and {LEVELS}")
     return f"You are a person with {level} {NAMES[trait].lower()}."
 
 
