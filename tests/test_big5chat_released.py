@@ -79,7 +79,9 @@ def test_a_cell_too_small_for_the_split_is_an_error_naming_it(tmp_path):
     records, _ = released.load_replies(_replies_csv(tmp_path / "r.csv", per_cell=3))
     with pytest.raises(ValueError, match=r"(Openness|Conscientiousness|Extraversion|Agreeableness|Neuroticism) - "
                                          r"(high|low): \d+ (train|test) replies, fewer than min_per_cell 2"):
-        released.assign_splits(records, [], 0.5, 0, 2)
+        released.assign_splits(records, [], 0.5, 0, 2, source="r.csv")
+    with pytest.raises(ValueError, match=r"r\.csv has too few rows for the split"):
+        released.assign_splits(records, [], 0.5, 0, 2, source="r.csv")
 
 
 def test_the_split_is_stable_and_keeps_prompted_replies_out_of_training(tmp_path):

@@ -142,7 +142,7 @@ def load_baseline(path: str | Path) -> list[dict]:
 
 
 def assign_splits(records: list[dict], prompted: list[dict], test_fraction: float, seed: int,
-                  min_per_cell: int) -> tuple[list[dict], dict]:
+                  min_per_cell: int, source: str = "the released file") -> tuple[list[dict], dict]:
     """(records with `split`, counts): 'scenario' for a reply that is one of the prompted ones (kept out of training
     and out of the DPO check: the scenarios are answered afresh in 11_generate), else 'train' or 'test' by a seeded
     hash of the reply id. A trait x level with fewer than `min_per_cell` train or test replies is an error."""
@@ -162,8 +162,8 @@ def assign_splits(records: list[dict], prompted: list[dict], test_fraction: floa
             for side in ("train", "test"):
                 if counts[(trait, level, side)] < min_per_cell:
                     raise ValueError(f"{NAMES[trait]} - {level}: {counts[(trait, level, side)]} {side} replies, fewer "
-                                     f"than min_per_cell {min_per_cell}; the released file has too few rows for "
-                                     f"the split")
+                                     f"than min_per_cell {min_per_cell}; {source} has too few rows for the "
+                                     f"split (lower min_per_cell or raise test_fraction)")
     table = {f"{t}_{lvl}": {s: counts[(t, lvl, s)] for s in SPLITS} for t in TRAITS for lvl in LEVELS}
     return out, {"by_cell": table, "prompted_found": len(found), "prompted": len(prompted)}
 
