@@ -192,3 +192,26 @@ def test_released_rows_written_by_01_scrape_roundtrip_through_jsonl(tmp_path):
     pd.DataFrame(split).to_json(path, orient="records", lines=True)
     back = [json.loads(line) for line in path.read_text().splitlines()]
     assert released.sft_rows(back[:3]) == released.sft_rows(split[:3])
+
+
+def test_a_scenarios_high_and_low_replies_stay_together_through_the_split_and_the_sample():
+    """Where prompts were released (the Hub data), a trait's two levels answer the same scenarios: the split and the
+    per-cell sample must keep both replies of a scenario together, or DPO has nothing to pair."""
+    other = PROMPT.replace("high extraversion.\nYou are a very friendly person.", "low extraversion.\nYou are shy.")
+    recs = []
+    for k in range(40):
+        scene = PROMPT.replace("Al lends Jo a pen.", f"Al lends Jo pen number {k}.")
+        low = other.replace("Al lends Jo a pen.", f"Al lends Jo pen number {k}.")
+        for level, prompt in (("high", scene), ("low", low)):
+            reply = f"{level} reply {k}"
+            recs.append({"reply_id": released.reply_id("E", level, reply), "trait": "E", "level": level,
+                         "reply": reply, "prompt": prompt})
+    split, _ = released.assign_splits(recs, [], 0.3, 0, 0)
+    side = {}
+    for r in split:
+        side.setdefault(released.pair_key(r), set()).add(r["split"])
+    assert len(side) == 40 and all(len(v) == 1 for v in side.values())  # one side per scenario, both levels on it
+    train = released.sample_per_cell(split, "train", 5, 0)
+    assert len(train) == 10
+    pairs, stats = released.dpo_pairs(train)
+    assert stats == {"unpaired": 0, "groups_used": 5} and len(pairs) == 10

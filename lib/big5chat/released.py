@@ -8,8 +8,9 @@ Three files (the offline mirror's `big5chat/`, or the paper's Hub dataset on the
   turn 0). They are the held-out **scenarios**: never trained on, answered by every method in `11_generate`;
 - `llama3_70b.jsonl`: for the same 200 prompts, the 70B plain-prompting baseline's reply (a reference row).
 
-The split is by a seeded hash of the reply within each trait x level (`lib.records.split_of`), so adding replies
-never moves one from train to held-out. Training sees no scenario: the mirror keeps only the reply text, so the user
+The split is by a seeded hash within each trait x level (`lib.records.split_of` of `pair_key`: the reply, or the
+trait and scenario where a prompt was released, so a scenario's high and low replies land on one side), and adding
+replies never moves one from train to held-out. Training sees no scenario: the mirror keeps only the reply text, so the user
 turn of a reply without a prompt is the fixed `NEUTRAL_USER_TURN`, and the trait and level reach the model through
 the paper's instruction in the system prompt.
 """
@@ -151,7 +152,7 @@ def assign_splits(records: list[dict], prompted: list[dict], test_fraction: floa
     held = {(p["trait"], p["level"], p["reply"]) for p in prompted}
     out, counts = [], Counter()
     for r in records:
-        side = "scenario" if (r["trait"], r["level"], r["reply"]) in held else split_of(r["reply_id"], test_fraction,
+        side = "scenario" if (r["trait"], r["level"], r["reply"]) in held else split_of(pair_key(r), test_fraction,
                                                                                         seed)
         out.append({**r, "split": side})
         counts[(r["trait"], r["level"], side)] += 1
@@ -168,8 +169,22 @@ def assign_splits(records: list[dict], prompted: list[dict], test_fraction: floa
     return out, {"by_cell": table, "prompted_found": len(found), "prompted": len(prompted)}
 
 
+def pair_key(record: dict) -> str:
+    """What keeps a trait's high and low reply to one scenario together: the trait and the prompt without its level
+    description where a prompt exists (the Hub data), else the reply itself (the mirror's replies have no scenario)."""
+    if record.get("prompt"):
+        return f"{record['trait']}|{neutral_prompt(record['prompt'])}"
+    return record["reply_id"]
+
+
+def _rank(seed: int, text: str) -> str:
+    return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
+
+
 def sample_per_cell(records: list[dict], split: str, n: int | None, seed: int) -> list[dict]:
-    """The records of one split, at most `n` per trait x level (a seeded sample, kept in file order)."""
+    """The records of one split, at most `n` per trait x level, kept in file order. The sample is seeded and ranks
+    records by their `pair_key`, so both levels of a trait keep the same scenarios where a prompt was released and
+    DPO can still pair them."""
     chosen = [r for r in records if r["split"] == split]
     if n is None:
         return chosen
@@ -177,8 +192,9 @@ def sample_per_cell(records: list[dict], split: str, n: int | None, seed: int) -
     for i, r in enumerate(chosen):
         by_cell[(r["trait"], r["level"])].append(i)
     keep = set()
-    for cell, idx in sorted(by_cell.items()):
-        keep |= set(random.Random(f"{seed}:{cell}").sample(idx, min(n, len(idx))))
+    for _, idx in sorted(by_cell.items()):
+        ranked = sorted(idx, key=lambda i: (_rank(seed, pair_key(chosen[i])), _rank(seed, chosen[i]["reply_id"])))
+        keep |= set(ranked[:n])
     return [r for i, r in enumerate(chosen) if i in keep]
 
 
@@ -231,7 +247,7 @@ def dpo_pairs(records: list[dict], seed: int = 0) -> tuple[list[dict], dict]:
 def scenarios(prompted: list[dict], per_cell: int | None, seed: int) -> list[dict]:
     """The held-out scenarios 11_generate answers: at most `per_cell` prompted replies per trait x level (a seeded
     sample), each with its neutral prompt. Every method answers each at both levels of its trait."""
-    records = [{**p, "split": "scenario"} for p in prompted]
+    records = [{**p, "split": "scenario", "reply_id": p["scenario_id"]} for p in prompted]
     chosen = sample_per_cell(records, "scenario", per_cell, seed)
     return [{"scenario_id": p["scenario_id"], "trait": p["trait"], "prompt_level": p["level"],
              "user": neutral_prompt(p["prompt"]), "reply_dexperts_70b": p["reply"]} for p in chosen]
