@@ -331,3 +331,23 @@ def test_stand_in_tokenizers_really_tokenize(tmp_path):
     bert = AutoTokenizer.from_pretrained(tmp_path / "bert", use_fast=False)  # as bert_score loads it
     assert bert.tokenize("I wrote in my JOURNALING") == ["i", "wrote", "in", "my", "journal", "##ing"]  # uncased
     assert bert.model_max_length == 512
+
+
+def test_big5chat_released_data_and_reasoning_on_the_paper_path(paper_run):
+    """08/09 train on the Hub's released replies (a scenario's two levels paired), and 12_reasoning runs the real
+    harness on the Llama-3 stand-in: its chat template, the persona as the system turn, one BOS."""
+    repo = paper_run["repo"]
+    dpo = json.loads((repo / "reports/metrics/09_dpo_big5chat.json").read_text())
+    assert dpo["source"] == "released" and dpo["pair_stats"]["train"]["groups_used"] >= 10
+    assert dpo["eval_pairs"] > 0 and dpo["heldout"]["groups"] > 0
+    scrape = json.loads((repo / "reports/metrics/01_scrape_big5chat.json").read_text())["released"]
+    assert scrape["prompted_found"] == 200
+    rsn = json.loads((repo / "reports/metrics/12_reasoning_big5chat.json").read_text())
+    assert rsn["conditions"] == 31 and set(rsn["items_per_task"].values()) == {1}
+    rows = [json.loads(line) for line in
+            (repo / "data/big5chat/12_reasoning/results/sft-C-high.jsonl").read_text().splitlines()]
+    assert {r["task"] for r in rows} == {"gsm8k", "mathqa", "truthfulqa_mc1", "truthfulqa_mc2", "commonsense_qa",
+                                         "piqa", "social_iqa", "mmlu"}
+    head = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant with the "
+            "following Big Five personality traits: Conscientiousness - high<|eot_id|>")
+    assert all(r["prompt"].startswith(head) and r["prompt"].count("<|begin_of_text|>") == 1 for r in rows)
