@@ -187,7 +187,7 @@ def _hub_datasets(files: Path) -> dict[str, Path]:
             frame[dst] = part[src].astype(int) * 50 + 20
         frame.to_csv(pandora / f"{name}.csv", index=False)
     # wenkai-li/big5_chat: one CSV (trait, level, train_input, train_output). The 200 prompted replies with their own
-    # prompts, then 150 more per trait x level, each under one of its trait's scenarios with the row's own level
+    # prompts, then 250 more per trait x level, each under one of its trait's scenarios with the row's own level
     # description written in (so a trait's high and low rows share scenarios and DPO can pair them)
     from lib.big5chat import released
     from lib.traits import LEVELS, NAMES, TRAITS
@@ -202,10 +202,11 @@ def _hub_datasets(files: Path) -> dict[str, Path]:
     for trait in TRAITS:
         scenes = [p for p in prompted if p["trait"] == trait]
         for level in LEVELS:
-            chosen = [r for r in replies if (r["trait"], r["level"]) == (trait, level) and r["reply"] not in held][:150]
-            for k, r in enumerate(chosen):
+            chosen = [r for r in replies if (r["trait"], r["level"]) == (trait, level) and r["reply"] not in held][:250]
+            for k, r in enumerate(chosen):  # 125 scenarios per trait (a tag makes each of the 40 distinct), 2 replies
                 scene = scenes[k % len(scenes)]
                 prompt = scene["prompt"].replace(describe[(trait, scene["level"])], describe[(trait, level)])
+                prompt = prompt.replace("Scenario: ", f"Scenario: [{k % 125}] ", 1)
                 rows.append({"trait": NAMES[trait], "level": level, "train_input": prompt, "train_output": r["reply"]})
     (files / "big5chat").mkdir(parents=True)
     pd.DataFrame(rows).to_csv(files / "big5chat" / "big5_chat_dataset.csv", index=False)
