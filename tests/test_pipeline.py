@@ -323,7 +323,8 @@ def test_sigkill_mid_questionnaires_then_rerun_keeps_the_finished_answer_sheets(
 
 
 def test_big5chat_trains_on_the_released_dialogues_when_switched(tiny_run, tmp_path):
-    """dexperts.source = released: 07 trains no expert and generates nothing; 08/09 train on the paper's CSV."""
+    """dexperts.source = released: 07 trains no expert and generates nothing; with sft.big5chat.source = generated,
+    08/09 train on what 07 wrote, i.e. the paper's CSV."""
     repo, _, _ = tiny_run
     csv = tmp_path / "big5_chat_dataset.csv"
     prompts = [f"Imagine you are Sam, talking with Alex about plan {i}." for i in range(6)]
@@ -334,7 +335,8 @@ def test_big5chat_trains_on_the_released_dialogues_when_switched(tiny_run, tmp_p
     original = tiny.read_text()
     switched = re.sub(r"(?m)^  source: dexperts .*$", "  source: released", original)
     switched = re.sub(r"(?m)^  released_path: .*$", f"  released_path: {csv}", switched)
-    assert switched.count("source: released") == 1 and str(csv) in switched
+    switched = re.sub(r"(?m)^    source: released .*$", "    source: generated", switched)  # 08/09 read 07's output
+    assert switched.count("source: released") == 1 and str(csv) in switched and "    source: generated" in switched
     tiny.write_text(switched)
     try:
         proc = _dvc(repo, "repro", "08_sft_big5chat", "09_dpo_big5chat")  # 09 trains from the base, not 08
@@ -348,6 +350,7 @@ def test_big5chat_trains_on_the_released_dialogues_when_switched(tiny_run, tmp_p
                 (repo / "data/big5chat/07_dexperts/generations.jsonl").read_text().splitlines()]
         assert {g["reply"] for g in gens} <= {r["train_output"] for r in rows}
         assert json.loads((repo / "models/dpo/big5chat/train_metrics.json").read_text())["train_pairs_kept"] > 0
+        assert json.loads((repo / "reports/metrics/08_sft_big5chat.json").read_text())["source"] == "generated"
     finally:
         tiny.write_text(original)
         _dvc(repo, "repro")
