@@ -350,5 +350,13 @@ def test_big5chat_released_data_and_reasoning_on_the_paper_path(paper_run):
     assert {r["task"] for r in rows} == {"gsm8k", "mathqa", "truthfulqa_mc1", "truthfulqa_mc2", "commonsense_qa",
                                          "piqa", "social_iqa", "mmlu"}
     head = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant with the "
-            "following Big Five personality traits: Conscientiousness - high<|eot_id|>")
-    assert all(r["prompt"].startswith(head) and r["prompt"].count("<|begin_of_text|>") == 1 for r in rows)
+            "following Big Five personality traits: Conscientiousness - high")
+    assert all(r["prompt"].count("<|begin_of_text|>") == 1 for r in rows)
+    for r in rows:  # the harness appends a task's description (MMLU's subject line) to the system turn
+        assert r["prompt"].startswith(head), r["prompt"][:300]
+        rest = r["prompt"][len(head):]
+        if r["task"] == "mmlu":
+            assert rest.startswith("\n\nThe following are multiple choice questions (with answers) about "), rest[:200]
+            assert rest.index("<|eot_id|>") < rest.index("<|start_header_id|>user")
+        else:
+            assert rest.startswith("<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"), rest[:200]
