@@ -1,5 +1,6 @@
 """BIG5-CHAT's released replies: loading, the split, SFT rows, DPO pairs, the held-out scenarios and the judge."""
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,32 @@ def test_dpo_pairs_are_mirrored_twins_of_one_trait_under_one_user_turn():
         twins.setdefault(p["unit_id"], []).append(p)
     assert all(len(t) == 2 and t[0]["chosen"] == t[1]["rejected"] for t in twins.values())
     assert released.dpo_pairs(recs, seed=0) == (pairs, stats)
+
+
+def test_twin_batches_keep_each_units_twins_in_one_batch_of_the_real_sampler():
+    from transformers import Trainer, TrainingArguments
+
+    recs = [{"reply_id": f"{t}{lvl}{i}", "trait": t, "level": lvl, "reply": f"{t}-{lvl}-{i}", "prompt": None}
+            for t in ("O", "N", "A") for lvl in LEVELS for i in range(5)]
+    pairs, _ = released.dpo_pairs(recs, seed=0)
+    ordered = released.twin_batches(pairs, seed=3)
+    assert sorted(map(str, ordered)) == sorted(map(str, pairs))  # the same pairs
+    assert [p["trait"] for p in ordered] != [p["trait"] for p in pairs]  # units shuffled across traits
+    assert released.twin_batches(pairs, seed=3) == ordered and released.twin_batches(pairs, seed=4) != ordered
+    args = released.twin_batch_args({"per_device_train_batch_size": 4, "seed": 0})
+    # the sampler transformers' Trainer builds from these arguments, over the ordered rows
+    trainer = Trainer.__new__(Trainer)
+    trainer.args = TrainingArguments(output_dir="unused", report_to=[], use_cpu=True, **args)
+    sampler = Trainer._get_train_sampler(trainer, ordered)
+    order = list(sampler)
+    batches = [order[i:i + 4] for i in range(0, len(order), 4)]
+    for batch in batches:
+        units = Counter(ordered[i]["unit_id"] for i in batch)
+        assert set(units.values()) == {2}, units  # whole units only: both twins of each
+    with pytest.raises(ValueError, match="even per_device_train_batch_size"):
+        released.twin_batch_args({"per_device_train_batch_size": 3})
+    with pytest.raises(ValueError, match="not a pair of mirrored twins"):
+        released.twin_batches(pairs[1:], seed=0)
 
 
 def test_scenarios_are_sampled_per_cell_with_the_level_removed():

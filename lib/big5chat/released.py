@@ -244,6 +244,30 @@ def dpo_pairs(records: list[dict], seed: int = 0) -> tuple[list[dict], dict]:
     return pairs, dict(stats)
 
 
+def twin_batches(pairs: list[dict], seed: int) -> list[dict]:
+    """The pairs of `dpo_pairs` with each unit's two mirrored twins kept next to each other and the units in a seeded
+    order. Read in this order (sequential sampling) at an even batch size, every batch holds whole units, so the part
+    of the DPO gradient that ignores the instruction (prefer this reply whatever the level) cancels within the batch
+    and what is left is the level named in the instruction."""
+    units: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for pair in pairs:  # a unit: one trait of one unit_id (07's generated units carry several traits)
+        units[(pair["unit_id"], pair["trait"])].append(pair)
+    broken = [u for u, twins in units.items() if sorted(t["target"] for t in twins) != sorted(LEVELS)]
+    if broken:
+        raise ValueError(f"{len(broken)} units are not a pair of mirrored twins (one per target level), e.g. "
+                         f"{broken[0]!r}: twin batches need dpo_pairs' output")
+    return [pair for unit in sorted(units, key=lambda u: _rank(seed, "|".join(u))) for pair in units[unit]]
+
+
+def twin_batch_args(args: dict) -> dict:
+    """trl DPOConfig arguments that read the pairs in `twin_batches` order: sequential sampling, and an even batch
+    size so that no unit is split between two batches."""
+    if args.get("per_device_train_batch_size", 8) % 2:
+        raise ValueError(f"twin batches need an even per_device_train_batch_size, got "
+                         f"{args['per_device_train_batch_size']}: a unit's two twins would fall in different batches")
+    return {**args, "train_sampling_strategy": "sequential"}
+
+
 def scenarios(prompted: list[dict], per_cell: int | None, seed: int) -> list[dict]:
     """The held-out scenarios 11_generate answers: at most `per_cell` prompted replies per trait x level (a seeded
     sample), each with its neutral prompt. Every method answers each at both levels of its trait."""
