@@ -39,7 +39,7 @@ pytestmark = pytest.mark.e2e
 # Keys the overlay may change: sizes, and the endpoints the stand-ins serve.
 SIZE_KEY = re.compile(r"^(max_\w+|n_\w+|k_max|batch_size|loglik_batch_size|per_device_train_batch_size|"
                       r"num_train_epochs|texts_per_expert|heldout_texts|text_words|journal_words|sweep_scenarios|"
-                      r"control_contexts|scenarios_per_cell)$")
+                      r"control_contexts|scenarios_per_cell|heldout_min_windows)$")
 ENDPOINT_KEYS = {"base_url", "pullpush_url"}
 # Harness tasks the paper profile reads from the Hub as the harness defines them: GPQA is gated, and the stand-in
 # cache holds no copy of it (no one may redistribute it), so the paper run leaves it out and says so here.

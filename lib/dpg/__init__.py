@@ -197,13 +197,20 @@ def select_windows(samples: Sequence[dict], max_characters: int | None, max_per_
     return out
 
 
-def heldout_characters(samples: Sequence[dict], n: int, seed: int = 0) -> list[str]:
+def heldout_characters(samples: Sequence[dict], n: int, seed: int = 0, min_windows: int = 1) -> list[str]:
     """`n` characters drawn by a seeded shuffle whose windows are never trained on (generation uses their vectors as
-    prompts the students have not seen). At least one character must stay for training."""
-    names = sorted({s["character"] for s in samples})
+    prompts the students have not seen), among the characters with at least `min_windows` windows, so the held-out
+    evaluation rests on enough units. At least one character must stay for training."""
+    counts = Counter(s["character"] for s in samples)
+    names = sorted(counts)
     if n < 0 or n >= len(names):
         raise ValueError(f"cannot hold out {n} of {len(names)} characters: at least one must stay for training")
-    return sorted(pd.Series(names).sample(n=n, random_state=seed)) if n else []
+    eligible = [c for c in names if counts[c] >= min_windows]
+    if len(eligible) < n:
+        raise ValueError(f"cannot hold out {n} characters with at least {min_windows} windows: only {len(eligible)} "
+                         f"have that many ({', '.join(eligible) or 'none'}); lower heldout_min_windows or select "
+                         f"more windows per character")
+    return sorted(pd.Series(eligible).sample(n=n, random_state=seed)) if n else []
 
 
 # ---------------------------------------------------------------------------------------------------------------
