@@ -6,6 +6,7 @@ git and declared to DVC with `cache: false`, so a diff of a PR shows how the num
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import platform
@@ -56,24 +57,36 @@ def resumable_dir(path: str | Path, fingerprint: str) -> Path:
 
     Only an unfinished run is resumed. If the params fingerprint recorded in it differs from `fingerprint`,
     or the earlier run finished (`mark_complete`: DVC re-runs a finished stage only because something it
-    depends on changed, code included), its contents are moved aside to `<path>.stale-<time>` (never
-    deleted) and the run starts fresh.
+    depends on changed, code included), its contents are moved aside to `<path>.stale-<time>` and the run starts
+    fresh. Unfinished work set aside is never deleted; of the finished runs set aside (DVC's cache holds their
+    outputs too) only the newest is kept, so repeated re-runs do not fill the disk.
     """
     path = Path(path)
     stamp = path / "FINGERPRINT"
     made_elsewise = not stamp.exists() or stamp.read_text().strip() != fingerprint
     if path.exists() and any(path.iterdir()) and (made_elsewise or (path / "COMPLETE").exists()):
         aside = path.with_name(f"{path.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        if aside.exists():  # set aside twice within a second (tests): keep both
+            aside = aside.with_name(f"{aside.name}-{time.perf_counter_ns()}")
         shutil.move(str(path), aside)
         print(f"earlier run finished or its params changed: moved {path.name} aside to {aside.name}")
+        set_aside = path.parent.glob(f"{glob.escape(path.name)}.stale-*")
+        finished = sorted((p for p in set_aside if (p / "COMPLETE").exists()), key=lambda p: p.stat().st_mtime)
+        for old in finished[:-1]:
+            shutil.rmtree(old)
+            print(f"removed {old.name}: an older finished run (the newest finished one set aside is kept)")
     path.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint + "\n")
     return path
 
 
 def mark_complete(path: str | Path) -> None:
-    """Record that the work in a `resumable_dir` finished, so a later run starts afresh instead of resuming."""
-    (Path(path) / "COMPLETE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+    """Record that the work in a `resumable_dir` finished, so a later run starts afresh instead of resuming, and
+    delete its `checkpoints/` folders: they exist only to resume, and DVC would otherwise cache every one."""
+    path = Path(path)
+    for ckpt in sorted(p for p in path.rglob("checkpoints") if p.is_dir()):
+        shutil.rmtree(ckpt)
+    (path / "COMPLETE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
 
 
 def _clean(obj: Any) -> Any:

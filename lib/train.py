@@ -76,6 +76,20 @@ def default_precision(args: dict) -> dict:
     return {**args, "bf16": bf16, "fp16": torch.cuda.is_available() and not bf16}
 
 
+# Checkpoints here exist only to resume a killed run: the newest two are kept (the newest may be half-written when the
+# kill lands), and lib.report.mark_complete deletes them once the stage has finished. Params may set another limit.
+CHECKPOINTS_KEPT = 2
+
+
+def bounded_checkpoints(args: dict) -> dict:
+    """`args` with transformers' `save_total_limit` defaulted to CHECKPOINTS_KEPT, so no run fills a disk."""
+    limit = args.get("save_total_limit", CHECKPOINTS_KEPT)
+    if limit is None or limit < 1:
+        raise ValueError(f"save_total_limit must be a positive number of checkpoints, got {limit!r}: an unbounded "
+                         "run saves a checkpoint every save_steps until the disk is full")
+    return {**args, "save_total_limit": limit}
+
+
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
     """Latest checkpoint-N directory under checkpoint_dir, or None when training starts fresh."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -303,7 +317,7 @@ def sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[dict] | 
 
     # Loss on the completion only (trl's default for prompt-completion rows too; explicit so it cannot drift).
     config = SFTConfig(output_dir=str(out_dir / "checkpoints"), report_to=[], max_length=max_seq_length,
-                       **{"completion_only_loss": True, **default_precision(args)})
+                       **{"completion_only_loss": True, **default_precision(bounded_checkpoints(args))})
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(train),
                          eval_dataset=Dataset.from_list(evals) if evals else None, processing_class=tokenizer)
     if len(trainer.train_dataset) == 0:  # trl drops a row whose completion truncation cut off entirely
@@ -426,7 +440,7 @@ def dpo(model_path: str | Path, train_pairs: list[dict], eval_pairs: list[dict] 
     _ensure_logprob_head()  # DPO scores sequences through the same fused LM head as SFT
 
     config = DPOConfig(output_dir=str(out_dir / "checkpoints"), report_to=[], max_length=max_seq_length,
-                       **default_precision(args))
+                       **default_precision(bounded_checkpoints(args)))
     trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=Dataset.from_list(train),
                          eval_dataset=Dataset.from_list(evals) if evals else None, processing_class=tokenizer)
     _use_base_as_reference(trainer.model)

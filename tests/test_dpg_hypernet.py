@@ -183,6 +183,17 @@ def test_killed_run_resumes_to_the_same_weights(tiny_llama_dir, tmp_path):
     assert metrics["steps"] == 6 and len(metrics["log_history"]) == 6
 
 
+def test_checkpoints_are_written_whole_and_bounded(tiny_llama_dir, tmp_path):
+    model, tok = _fresh(tiny_llama_dir)
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / "step-9.pt.partial").write_bytes(b"cut short by a kill")  # never read as a checkpoint
+    hn.train_hypernet(model, tok, _rows(), None, tmp_path, HYPER, ARGS | {"save_steps": 1}, max_seq_length=64)
+    assert sorted(p.name for p in ckpts.glob("*.pt")) == ["step-5.pt", "step-6.pt"]
+    with pytest.raises(ValueError, match="save_total_limit must be a positive number"):
+        hn.train_hypernet(model, tok, _rows(), None, tmp_path / "x", HYPER, ARGS | {"save_total_limit": 0})
+
+
 def test_generate_with_a_fresh_hypernetwork_is_the_base(base):
     model, tok = base
     mine = copy.deepcopy(model)

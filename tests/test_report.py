@@ -99,3 +99,24 @@ def test_resumable_dir_restarts_after_a_finished_run(tmp_path):
     report.resumable_dir(out, "aaa")  # same params, but DVC only re-runs a finished stage when code changed
     assert not (out / "checkpoint-30").exists() and not (out / "COMPLETE").exists()
     assert len([p for p in tmp_path.iterdir() if p.name.startswith("08_sft.stale-")]) == 1
+
+
+def test_finished_runs_leave_no_checkpoints_and_at_most_one_finished_copy_aside(tmp_path):
+    out = tmp_path / "09_dpo"
+    stale = lambda: sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("09_dpo.stale-"))  # noqa: E731
+    report.resumable_dir(out, "aaa")
+    (out / "checkpoints" / "checkpoint-40").mkdir(parents=True)
+    (out / "expert_C_high" / "checkpoints" / "checkpoint-8").mkdir(parents=True)
+    (out / "adapter").mkdir()
+    report.mark_complete(out)  # checkpoints exist only to resume: gone; the adapter stays
+    assert (out / "adapter").is_dir() and not list(out.rglob("checkpoint*")) and (out / "COMPLETE").is_file()
+    report.resumable_dir(out, "aaa")  # the finished run set aside
+    first = stale()
+    (out / "unfinished.jsonl").write_text("work\n")
+    report.resumable_dir(out, "bbb")  # params changed mid-run: unfinished work set aside, never deleted
+    assert len(stale()) == 2
+    report.mark_complete(out)
+    report.resumable_dir(out, "bbb")  # a second finished run set aside: the older finished copy goes
+    kept = stale()
+    assert len(kept) == 2 and first[0] not in kept
+    assert any((tmp_path / k / "unfinished.jsonl").exists() for k in kept)

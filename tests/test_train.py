@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lib import models
-from lib.train import _TorchLogProbHead, dpo, sft
+from lib.train import _TorchLogProbHead, bounded_checkpoints, dpo, sft
 
 LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 ARGS = {"per_device_train_batch_size": 2, "learning_rate": 1e-3, "logging_steps": 1, "save_steps": 2,
@@ -43,7 +43,8 @@ def test_reserved_args_rejected(tmp_path, tiny_llama_dir):
 
 
 def test_sft_writes_adapter_and_metrics(tmp_path, tiny_llama_dir):
-    metrics = sft(tiny_llama_dir, _rows(8), _rows(2), tmp_path, LORA, {**ARGS, "max_steps": 4}, max_seq_length=64)
+    metrics = sft(tiny_llama_dir, _rows(8), _rows(2), tmp_path, LORA, {**ARGS, "max_steps": 4, "save_steps": 1},
+                  max_seq_length=64)
     assert metrics["steps"] == 4 and metrics["resumed_from_step"] == 0 and metrics["backend"] == "transformers"
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["eval_loss"])
     # random-init model over a vocabulary of ~500 tokens: loss near ln(V) before training
@@ -55,7 +56,16 @@ def test_sft_writes_adapter_and_metrics(tmp_path, tiny_llama_dir):
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "adapter" / "tokenizer_config.json").is_file()
-    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    # saved at every step, but only the newest two are kept (bounded disk: they exist only to resume)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+
+
+def test_checkpoints_are_bounded_unless_params_say_otherwise():
+    assert bounded_checkpoints({"save_steps": 5}) == {"save_steps": 5, "save_total_limit": 2}
+    assert bounded_checkpoints({"save_total_limit": 5})["save_total_limit"] == 5
+    for bad in (None, 0):
+        with pytest.raises(ValueError, match="save_total_limit must be a positive number"):
+            bounded_checkpoints({"save_total_limit": bad})
 
 
 def test_sft_resumes_from_latest_checkpoint(tmp_path, tiny_llama_dir, caplog):

@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -352,8 +353,10 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, i
 # Training
 
 
+# As lib.train's trainers: keep the newest two checkpoints (the newest may be cut short by a kill).
+CHECKPOINTS_KEPT = 2
 _ARGS = {"learning_rate", "max_steps", "per_device_train_batch_size", "warmup_steps", "weight_decay", "logging_steps",
-         "save_steps", "seed", "max_grad_norm", "lr_scheduler_type"}
+         "save_steps", "save_total_limit", "seed", "max_grad_norm", "lr_scheduler_type"}
 
 
 def _check_train_args(args: dict) -> dict:
@@ -367,8 +370,11 @@ def _check_train_args(args: dict) -> dict:
         raise ValueError("max_steps and per_device_train_batch_size must be >= 1")
     if args.get("lr_scheduler_type", "cosine") not in ("cosine", "linear", "constant"):
         raise ValueError(f"lr_scheduler_type {args['lr_scheduler_type']!r}: cosine, linear or constant")
+    if args.get("save_total_limit", CHECKPOINTS_KEPT) is None or args.get("save_total_limit", CHECKPOINTS_KEPT) < 1:
+        raise ValueError(f"save_total_limit must be a positive number of checkpoints, got {args['save_total_limit']!r}:"
+                         " the network and its optimizer state are saved every save_steps")
     return {"warmup_steps": 0, "weight_decay": 0.0, "logging_steps": 10, "save_steps": 50, "seed": 0,
-            "max_grad_norm": 1.0, "lr_scheduler_type": "cosine", **args}
+            "save_total_limit": CHECKPOINTS_KEPT, "max_grad_norm": 1.0, "lr_scheduler_type": "cosine", **args}
 
 
 def _lr_factor(step: int, args: dict) -> float:
@@ -388,9 +394,24 @@ def _batch_order(n: int, batch_size: int, step: int, seed: int) -> list[int]:
     return perm[k * batch_size:(k + 1) * batch_size]
 
 
+def _checkpoints(ckpt_dir: Path) -> list[Path]:
+    return sorted(ckpt_dir.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+
+
 def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    found = sorted(ckpt_dir.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    found = _checkpoints(ckpt_dir)
     return found[-1] if found else None
+
+
+def _save_checkpoint(state: dict, ckpt_dir: Path, keep: int) -> None:
+    """Write step-N.pt whole or not at all (a temporary file renamed into place), then delete all but the newest
+    `keep`: each holds the network and its AdamW state, which on the paper profile is most of a gigabyte."""
+    final = ckpt_dir / f"step-{state['step']}.pt"
+    partial = final.with_name(final.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, final)
+    for old in _checkpoints(ckpt_dir)[:-keep]:
+        old.unlink()
 
 
 def _conditioning(model, tokenizer, personas: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -429,7 +450,8 @@ def train_hypernet(model, tokenizer, train_rows: list[dict], eval_rows: list[dic
 
     `hyper_cfg`: target_modules plus HyperLoRA's keyword arguments (r, lora_alpha, hidden, layer_dim, dropout).
     `args`: learning_rate, max_steps, per_device_train_batch_size, warmup_steps, weight_decay, logging_steps,
-    save_steps, seed, max_grad_norm, lr_scheduler_type (the names of transformers' TrainingArguments).
+    save_steps, save_total_limit, seed, max_grad_norm, lr_scheduler_type (the names of transformers'
+    TrainingArguments; at most save_total_limit checkpoints are kept, 2 unless set).
     `stop_after` ends the run after that many steps as a kill would (tests): the checkpoint saved at that step is
     where the next call resumes. Writes out_dir/hypernet (the trained network) and train_metrics.json.
     """
@@ -489,9 +511,9 @@ def train_hypernet(model, tokenizer, train_rows: list[dict], eval_rows: list[dic
         if step % args["logging_steps"] == 0:
             log.info("step %d: loss %.4f", step, loss.item())
         if step % args["save_steps"] == 0 or step == args["max_steps"]:
-            torch.save({"hyper": hyper.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                        "step": step, "history": history, "elapsed": elapsed + time.perf_counter() - start},
-                       ckpt_dir / f"step-{step}.pt")
+            _save_checkpoint({"hyper": hyper.state_dict(), "optimizer": opt.state_dict(),
+                              "rng": torch.get_rng_state(), "step": step, "history": history,
+                              "elapsed": elapsed + time.perf_counter() - start}, ckpt_dir, args["save_total_limit"])
     runtime = elapsed + time.perf_counter() - start
     hyper.eval()
     hyper.save(out_dir / "hypernet")

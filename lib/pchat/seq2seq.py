@@ -21,7 +21,8 @@ import math
 from pathlib import Path
 
 from lib.models import resolve_model
-from lib.train import check_inputs, default_precision, last_checkpoint, peak_memory_mb, write_train_metrics
+from lib.train import (bounded_checkpoints, check_inputs, default_precision, last_checkpoint, peak_memory_mb,
+                       write_train_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def seq2seq_sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[
     set_seed(args.get("seed", 42))
     model = get_peft_model(model, LoraConfig(**lora, task_type="SEQ_2_SEQ_LM"))
     config = Seq2SeqTrainingArguments(output_dir=str(out_dir / "checkpoints"), report_to=[],
-                                      **default_precision(args))
+                                      **default_precision(bounded_checkpoints(args)))
     trainer = Seq2SeqTrainer(
         model=model, args=config, processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
