@@ -306,10 +306,12 @@ def test_gpu_branches_call_unsloth_and_nf4_as_the_pinned_sources_accept(paper_ru
 
 
 def test_dpo_under_the_stand_in_keeps_one_adapter(paper_run):
-    """trl's "ref" adapter is deleted (the base is the reference): checkpoints hold the policy adapter only."""
+    """trl's "ref" adapter is deleted (the base is the reference): the saved adapter is the policy's only, and the
+    finished stage left no checkpoint behind (they exist only to resume; DVC would cache each one)."""
     dpo = paper_run["repo"] / "models" / "dpo" / "big5chat"
-    ckpts = list(dpo.glob("checkpoints/checkpoint-*"))
-    assert ckpts and not any((c / "ref").exists() for c in ckpts)
+    assert (dpo / "adapter" / "adapter_model.safetensors").is_file() and not (dpo / "adapter" / "ref").exists()
+    assert (dpo / "COMPLETE").is_file() and not (dpo / "checkpoints").exists()
+    assert not list((paper_run["repo"] / "models").rglob("checkpoint-*"))
     assert json.loads((dpo / "train_metrics.json").read_text())["backend"] == "unsloth"
 
 
