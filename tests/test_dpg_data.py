@@ -236,6 +236,6 @@ def test_heldout_characters_come_from_those_with_enough_windows():
     for seed in range(5):
         held = dpg.heldout_characters(samples, 2, seed=seed, min_windows=8)
         assert held == ["Harry", "Ron"]  # the only two with >= 8 windows, whatever the seed
-    assert len(set(dpg.heldout_characters(samples, 1, seed=s, min_windows=2)[0] for s in range(20))) > 1
+    assert len({dpg.heldout_characters(samples, 1, seed=s, min_windows=2)[0] for s in range(20)}) > 1
     with pytest.raises(ValueError, match=r"only 1 have that many \(Harry\)"):
         dpg.heldout_characters(samples, 2, min_windows=9)

@@ -103,7 +103,7 @@ def test_resumable_dir_restarts_after_a_finished_run(tmp_path):
 
 def test_finished_runs_leave_no_checkpoints_and_at_most_one_finished_copy_aside(tmp_path):
     out = tmp_path / "09_dpo"
-    stale = lambda: sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("09_dpo.stale-"))  # noqa: E731
+    stale = lambda: sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("09_dpo.stale-"))
     report.resumable_dir(out, "aaa")
     (out / "checkpoints" / "checkpoint-40").mkdir(parents=True)
     (out / "expert_C_high" / "checkpoints" / "checkpoint-8").mkdir(parents=True)

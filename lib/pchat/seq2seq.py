@@ -21,8 +21,14 @@ import math
 from pathlib import Path
 
 from lib.models import resolve_model
-from lib.train import (bounded_checkpoints, check_inputs, default_precision, last_checkpoint, peak_memory_mb,
-                       write_train_metrics)
+from lib.train import (
+    bounded_checkpoints,
+    check_inputs,
+    default_precision,
+    last_checkpoint,
+    peak_memory_mb,
+    write_train_metrics,
+)
 
 log = logging.getLogger(__name__)
 
