@@ -1,5 +1,5 @@
 # `make main` runs the main job (the cpu profile end to end); `make test` runs the test suite.
-# Both create the virtual environment and install the pinned requirements first if needed.
+# Both create the virtual environment, install the pinned requirements and fetch the data files first if needed.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 UNSLOTH := $(shell sed -n 's/^ *- unsloth==\([0-9.]*\).*/\1/p' environment.yml)
@@ -7,9 +7,14 @@ STAMP := $(VENV)/.installed-$(shell cksum requirements.txt environment.yml | cks
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: main test setup lint lab
+.PHONY: main test setup data lint lab
 
-setup: $(STAMP)
+setup: $(STAMP) data
+
+# The data files the profiles read, into ../shared/data, each checked against lib/data_manifest.json's SHA-256:
+# where the mirror is present (this machine, CI) nothing is downloaded.
+data: $(STAMP)
+	$(PY) -m lib.fetch_data
 
 $(STAMP): requirements.txt environment.yml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,10 +25,10 @@ $(STAMP): requirements.txt environment.yml
 	$(PY) -m pip download -q --no-deps -d $(VENV)/wheels unsloth==$(UNSLOTH)
 	rm -f $(VENV)/.installed-* && touch $@
 
-main: $(STAMP)
+main: setup
 	dvc repro
 
-test: $(STAMP)
+test: setup
 	$(PY) -m pytest
 
 lint: $(STAMP)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,27 @@ def done_ids(*paths: str | Path) -> set[str]:
                 raise RecordError(f"{path}: record {i} has no string 'id' (got {rid!r})")
             ids.add(rid)
     return ids
+
+
+def run_in_chunks(folder: str | Path, items: Sequence, size: int,
+                  work: Callable[[Sequence, int], list[dict]]) -> tuple[list[dict], int]:
+    """(records, chunks run now): `work(chunk, first_index)` over consecutive chunks of `size` items, each chunk's
+    records written whole to folder/chunk-NNNNN.jsonl as soon as it finishes. A chunk whose file exists is read back,
+    not run again, so a killed run resumes at the first unfinished chunk. Chunks are fixed by position in `items`
+    (the caller's output directory must be keyed to `items` and `size`, as lib.report.resumable_dir is), and `work`
+    gets the chunk's first index so that it can seed from it: a resumed run then writes what one run would have."""
+    if size < 1:
+        raise ValueError(f"chunk size must be at least 1, got {size}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    records, ran = [], 0
+    for k, first in enumerate(range(0, len(items), size)):
+        path = folder / f"chunk-{k:05d}.jsonl"
+        if not path.exists():
+            write_jsonl(path, work(items[first:first + size], first))
+            ran += 1
+        records += read_jsonl(path)
+    return records, ran
 
 
 def check_ids(records: list[dict]) -> None:

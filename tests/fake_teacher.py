@@ -143,8 +143,11 @@ class FakeTeacherServer:
 
     def __init__(self, reply_fn: Callable[[list[dict]], str | None] = scripted_dialogue_reply,
                  required_key: str | None = None, delay_s: float = 0.0, fail_first: int = 0, port: int = 0,
-                 model: str = "fake-teacher"):
+                 model: str = "fake-teacher", served_models: list[str] | None = None):
         self.reply_fn = reply_fn
+        # As `vllm serve`: GET /v1/models lists these, and a request naming another model is a 404 (None: any name).
+        self.served_models = served_models
+        self.payloads: list[dict] = []  # every parsed request body, in arrival order
         self.required_key = required_key
         self.delay_s = delay_s
         self.fail_first = fail_first
@@ -181,6 +184,15 @@ class FakeTeacherServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") != "/v1/models":
+                    return self._send(404, {"error": {"message": f"no route {self.path}"}})
+                if server.required_key is not None and \
+                        self.headers.get("Authorization") != f"Bearer {server.required_key}":
+                    return self._send(401, {"error": {"message": "invalid api key"}})
+                names = server.served_models if server.served_models is not None else [server.model]
+                return self._send(200, {"object": "list", "data": [{"id": n, "object": "model"} for n in names]})
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length)
@@ -201,9 +213,15 @@ class FakeTeacherServer:
                     if n <= server.fail_first:
                         return self._send(429, {"error": {"message": "rate limited"}})
                     try:
-                        messages = json.loads(body)["messages"]
+                        payload = json.loads(body)
+                        messages = payload["messages"]
                     except (ValueError, KeyError, TypeError):
                         return self._send(400, {"error": {"message": "body needs 'messages'"}})
+                    with server._lock:
+                        server.payloads.append(payload)
+                    if server.served_models is not None and payload.get("model") not in server.served_models:
+                        return self._send(404, {"error": {"message": f"The model `{payload.get('model')}` does "
+                                                                     "not exist."}})
                     try:
                         content = server.reply_fn(messages)
                     except ErrorReply as exc:

@@ -44,9 +44,37 @@ ENDPOINT_KEYS = {"base_url", "pullpush_url"}
 # Harness tasks the paper profile reads from the Hub as the harness defines them: GPQA is gated, and the stand-in
 # cache holds no copy of it (no one may redistribute it), so the paper run leaves it out and says so here.
 GATED_KEYS = {"hub_tasks"}
+SERVED_ADAPTERS = ("sft", "dpo")  # the names 11_generate_big5chat's vllm backend requests its adapters by
 MODEL_KINDS = {"meta-llama/Meta-Llama-3-8B-Instruct": "causal", "microsoft/deberta-large": "encoder",
                "google-bert/bert-base-uncased": "bert", "facebook/bart-base": "seq2seq",
                "sentence-transformers/all-MiniLM-L6-v2": "sentence"}
+
+
+def _teacher_blocks(params: dict) -> list[dict]:
+    """The params blocks that call a teacher endpoint (backend openai)."""
+    return [node for keys, node in _nodes(params) if isinstance(node, dict) and node.get("backend") == "openai"]
+
+
+def _key_env(block: dict) -> str:
+    return block.get("api_key_env", "TEACHER_API_KEY")
+
+
+def _nodes(node, keys: tuple = ()):
+    yield keys, node
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _nodes(value, keys + (key,))
+
+
+def test_the_paper_profile_names_real_teacher_endpoints():
+    """No teacher stage points at a placeholder: the GPT-4 stages at a hosted API, JIC's 70B at its own vLLM server
+    (README: Teachers); each names the variable that holds its key."""
+    blocks = _teacher_blocks(yaml.safe_load((ROOT / "params/paper.yaml").read_text()))
+    assert len(blocks) == 5
+    for b in blocks:
+        hosted = b["model"].startswith("gpt-")
+        assert b["base_url"] == ("https://api.openai.com/v1" if hosted else "http://localhost:8001/v1"), b
+        assert _key_env(b) == ("OPENAI_API_KEY" if hosted else "VLLM_API_KEY"), b
 
 
 def _leaves(node: dict, keys: tuple = ()):
@@ -228,9 +256,16 @@ def paper_run(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "PYTHONPATH"))}
     log = base / "gpu_standin.jsonl"
     env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", "HF_HOME": str(hf_home),
-            "HF_HUB_OFFLINE": "1", "TEACHER_API_KEY": SECRET, "PSEUDONYM_SALT": SALT, "GPU_STANDIN_LOG": str(log),
+            "HF_HUB_OFFLINE": "1", "PSEUDONYM_SALT": SALT, "GPU_STANDIN_LOG": str(log),
             "PYTHONPATH": str(repo / "tests" / "standins" / "gpu")}
-    with FakeTeacherServer(scripted_dialogue_reply, required_key=SECRET) as teacher, \
+    # every key variable the profile names (a hosted API's, the vLLM servers'), all one secret
+    env |= {node["api_key_env"]: SECRET for _, node in _nodes(yaml.safe_load((ROOT / "params/paper.yaml").read_text()))
+            if isinstance(node, dict) and node.get("api_key_env")} | {"TEACHER_API_KEY": SECRET}
+    # As `vllm serve` and a hosted API would: the one fake endpoint holds the teachers' models, the student's base
+    # and the adapter names the served generation stages request, and answers 404 for any other name.
+    params = yaml.safe_load((ROOT / "params/paper.yaml").read_text())
+    served = sorted({b["model"] for b in _teacher_blocks(params)} | {params["models"]["student"], *SERVED_ADAPTERS})
+    with FakeTeacherServer(scripted_dialogue_reply, required_key=SECRET, served_models=served) as teacher, \
             FakePullPush(_journal_posts()) as pullpush:
         (repo / "params.yaml").write_text(re.sub(r"(?m)^profile: \w+", "profile: paper",
                                                  (repo / "params.yaml").read_text()))
@@ -243,6 +278,7 @@ def paper_run(tmp_path_factory):
         if proc.returncode != 0:
             raise AssertionError(f"paper run failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}")
         yield {"repo": repo, "env": env, "proc": proc, "seconds": seconds, "pullpush": pullpush.requests,
+               "requests": [{k: p.get(k) for k in ("model", "seed", "temperature")} for p in teacher.payloads],
                "calls": [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []}
 
 
@@ -362,3 +398,18 @@ def test_big5chat_released_data_and_reasoning_on_the_paper_path(paper_run):
             assert rest.index("<|eot_id|>") < rest.index("<|start_header_id|>user")
         else:
             assert rest.startswith("<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"), rest[:200]
+
+
+def test_big5chat_generation_goes_through_the_served_adapters(paper_run):
+    """generate.big5chat.backend = vllm: questionnaires by generation and the replies are requests naming the base
+    model or an adapter (the server's 404 for an unknown name would have stopped the run), each with its seed."""
+    m = json.loads((paper_run["repo"] / "reports/metrics/11_generate_big5chat.json").read_text())
+    assert m["backend"] == "vllm" and m["generation_replies"] > 0 and m["replies"] > 0
+    student = yaml.safe_load((ROOT / "params/paper.yaml").read_text())["models"]["student"]
+    by_model = {}
+    for r in paper_run["requests"]:
+        by_model.setdefault(r["model"], []).append(r)
+    assert {"sft", "dpo", student} <= set(by_model)
+    assert all(r["seed"] is not None for name in ("sft", "dpo", student) for r in by_model[name])
+    seed = yaml.safe_load((ROOT / "params/paper.yaml").read_text())["generate"]["big5chat"]["seed"]
+    assert {r["seed"] for r in by_model["dpo"]} == {seed, seed + 1}  # the overlay's two questionnaire runs

@@ -526,3 +526,114 @@ def test_build_items_keep_the_kept_inputs_with_an_own_stage_answer():
         {"character": "harry", "stage": "early", "split": "train", "items": 1, "both_stages": 1},
         {"character": "harry", "stage": "late", "split": "test", "items": 1, "both_stages": 0}]
     assert list(persllm.item_summary([]).columns) == ["character", "stage", "split", "items", "both_stages"]
+
+
+# --------------------------------------------------------------------------------------------- the documented recipe:
+# word budgets, the answer prompt's anti-induction note and few-shot examples, the prompts' wording
+
+ERROR_NOTE = (ROOT / "params/prompts/persllm_answer_error.txt").read_text()
+EXAMPLES = (ROOT / "params/prompts/persllm_answer_examples.txt").read_text()
+ERROR_TEMPLATE = (ROOT / "params/prompts/persllm_input_error.txt").read_text()
+
+
+def test_word_count_and_cut_words_keep_lines():
+    assert persllm.word_count("  one two\nthree ") == 3 and persllm.word_count("") == 0
+    assert persllm.cut_words("Harry: a b c\nRon: d e", 5) == "Harry: a b c\nRon:"
+    assert persllm.cut_words("a b\n\nc d", 3) == "a b\nc"
+    assert persllm.cut_words("a b", 10) == "a b" and persllm.cut_words("a b", 0) == ""
+
+
+def test_fill_words_takes_whole_texts_best_first_and_cuts_the_one_that_overflows():
+    ranked = ["one two three", "four five", "six seven eight nine", "ten"]
+    assert persllm.fill_words(ranked, 5) == ["one two three", "four five"]  # exactly full: stops before the third
+    assert persllm.fill_words(ranked, 7) == ["one two three", "four five", "six seven"]
+    assert persllm.fill_words(ranked, 2) == ["one two"]  # the best text is cut, never skipped for a shorter one
+    assert persllm.fill_words(ranked, None, 2) == ranked[:2]  # no word budget: the k best whole
+    assert persllm.fill_words(ranked, 100, 3) == ranked[:3]  # both limits: the tighter one
+    assert persllm.fill_words(ranked, 0) == [] and persllm.fill_words(ranked, None) == ranked
+    assert sum(map(persllm.word_count, persllm.fill_words(ranked * 50, 1500))) <= 1500
+    with pytest.raises(ValueError, match="negative budget"):
+        persllm.fill_words(ranked, -1)
+
+
+def test_answer_material_word_budgets_rank_every_text_and_fill_to_the_budget():
+    recs = [{"id": "h@early", "character": "harry", "stage": "early", "input": "broom"}]
+    # knowledge: "broom broom" (2 words), then "aaaa bbb" (2), then "zzzz zzz" (2), best first
+    got = persllm.answer_material(recs, MATERIAL_SOURCES, MATERIAL_SPEECHES, _letters, retrieve_k=None,
+                                  style_k=None, knowledge_words=3, style_words=2)["h@early"]
+    assert got["knowledge"] == ["broom broom", "aaaa"]
+    assert got["style"] == ["broom!", "room"]
+    capped = persllm.answer_material(recs, MATERIAL_SOURCES, MATERIAL_SPEECHES, _letters, retrieve_k=1, style_k=5,
+                                     knowledge_words=100, style_words=1)["h@early"]
+    assert capped == {"knowledge": ["broom broom"], "style": ["broom!"]}
+    none = persllm.answer_material(recs, MATERIAL_SOURCES, MATERIAL_SPEECHES, _letters, None, None,
+                                   knowledge_words=0, style_words=0)["h@early"]
+    assert none == {"knowledge": [], "style": []}
+    with pytest.raises(ValueError, match="knowledge material has no budget: retrieve_k and knowledge_words"):
+        persllm.answer_material(recs, MATERIAL_SOURCES, MATERIAL_SPEECHES, _letters, None, 1)
+    with pytest.raises(ValueError, match="style material has no budget: style_k and style_words"):
+        persllm.answer_material(recs, MATERIAL_SOURCES, MATERIAL_SPEECHES, _letters, 1, None)
+
+
+def test_retrieve_with_k_none_ranks_the_whole_pool():
+    pool = np.array([[0.0, 1.0], [1.0, 0.1], [1.0, 0.0]])
+    assert persllm.retrieve(np.array([[1.0, 0.0]]), pool, None).tolist() == [[2, 1, 0]]
+
+
+def test_the_answer_prompt_says_not_to_conform_and_asks_for_the_two_parts():
+    assert "Don't always conform to the user's point of view!" in ANSWER_TEMPLATE
+    assert "[Analysis]" in ANSWER_TEMPLATE and "[Response]" in ANSWER_TEMPLATE and "Now it's {time}." in ANSWER_TEMPLATE
+
+
+def test_answer_messages_add_the_error_note_for_error_inputs_only_and_the_examples_last():
+    recs = persllm.answer_records(_inputs(), {}, other_stage=False)
+    question, thought, error = recs  # types question, thought, error
+    chats = {r["type"]: persllm.answer_messages(r, "t", ["k"], ["s"], ANSWER_TEMPLATE, examples=EXAMPLES,
+                                                error_note=ERROR_NOTE)[0]["content"] for r in (question, thought, error)}
+    note = ERROR_NOTE.strip().replace("{name}", "Petunia Dursley")
+    assert note in chats["error"] and "this input is misleading" in chats["error"]
+    assert all("misleading" not in chats[t] for t in ("question", "thought"))
+    for system in chats.values():
+        assert "{name}" not in system and "Don't always conform" in system
+        assert system.index("Don't always conform") < system.index("Input:")  # the examples come after the task
+        assert system.rstrip().endswith("always write the analysis of the input first.")
+    assert chats["error"].index("misleading") < chats["error"].index("Input:")  # the note before the examples
+    # without the optional parts the prompt is the template alone, as before
+    plain = persllm.answer_messages(question, "t", ["k"], ["s"], ANSWER_TEMPLATE)[0]["content"]
+    assert chats["question"].startswith(plain.rstrip()) and "Input:" not in plain
+
+
+def test_the_few_shot_examples_are_chain_of_thought_answers_the_parser_reads():
+    outputs = [ln[len("Output:"):].strip() for ln in EXAMPLES.splitlines() if ln.startswith("Output:")]
+    inputs = [ln for ln in EXAMPLES.splitlines() if ln.startswith("Input:")]
+    assert len(outputs) == len(inputs) >= 4
+    for out in outputs:
+        assert out.startswith("[Analysis] ") and out.count("[Response]") == 1
+        got = persllm.parse_answer(out)
+        assert got["analysis"] and got["response"]
+    # a teacher that echoes the examples' "Output:" label is still read
+    assert persllm.parse_answer("Output: [Analysis] a b [Response] c d") == \
+        {"analysis": "a b", "response": "c d", "text": "[Analysis] a b [Response] c d"}
+
+
+def test_the_input_prompts_keep_their_markers_and_fill():
+    recs = persllm.input_records([{"id": "s", "character": "harry", "name": "Harry Potter", "stage": "early"}])
+    for rec, template, marker in zip(recs, (QUESTION_TEMPLATE, THOUGHT_TEMPLATE, ERROR_TEMPLATE),
+                                     ("Write one question", "Write one opinion", "deliberate mistake")):
+        msg = persllm.input_messages(rec, "Harry: Hi.", template)[0]["content"]
+        assert marker in msg and "{" not in msg and "Harry: Hi." in msg
+    assert "deliberate mistake" not in QUESTION_TEMPLATE + THOUGHT_TEMPLATE  # the fake teacher tells them apart so
+
+
+def test_the_fake_teacher_still_answers_every_persllm_prompt_in_a_parsable_form():
+    from tests.fake_teacher import scripted_dialogue_reply
+
+    for rec, template in zip(persllm.input_records([{"id": "s", "character": "harry", "name": "Harry Potter",
+                                                     "stage": "early"}]),
+                             (QUESTION_TEMPLATE, THOUGHT_TEMPLATE, ERROR_TEMPLATE)):
+        reply = scripted_dialogue_reply(persllm.input_messages(rec, "Harry: Hi.", template))
+        text = persllm.parse_input(rec["type"], reply)
+        answer_rec = {"name": "Harry Potter", "type": rec["type"], "input": text}
+        chat = persllm.answer_messages(answer_rec, "t", ["k"], ["s"], ANSWER_TEMPLATE, examples=EXAMPLES,
+                                       error_note=ERROR_NOTE)
+        assert persllm.parse_answer(scripted_dialogue_reply(chat))["response"]

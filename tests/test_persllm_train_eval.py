@@ -412,3 +412,149 @@ def test_sample_items_refuses_repeated_ids():
     items = [{"id": "a", "character": "x"}, {"id": "a", "character": "y"}, {"id": "b", "character": "x"}]
     with pytest.raises(ValueError, match="repeated item ids"):
         evaluate.sample_items(items, 2, seed=0)
+
+
+# --------------------------------------------------------------------------------------------- the training mix
+# persLLM_documentation.pdf: the personified data repeated 5 times and mixed with general instruction-tuning data
+# for one epoch; full fine-tuning (which one GPU cannot hold for the 8B student)
+
+def test_check_tuning_passes_lora_and_stops_full_with_the_reason():
+    assert personify.check_tuning("lora") == "lora"
+    with pytest.raises(NotImplementedError) as err:
+        personify.check_tuning("full")
+    message = str(err.value)
+    assert "sft.persllm.tuning: full" in message and "LoRA adapters only" in message
+    assert "~128 GB" in message and "80 GB" in message and "multi-GPU" in message
+    assert "set sft.persllm.tuning: lora" in message
+    assert "~16 GB" in str(pytest.raises(NotImplementedError, personify.check_tuning, "full", 1e9).value)
+    with pytest.raises(ValueError, match=r"expected one of \('lora', 'full'\)"):
+        personify.check_tuning("qlora")
+
+
+def test_general_source_needs_exactly_one_of_dataset_and_standin():
+    assert personify.general_source({"dataset": "hf://datasets/a/b/c.parquet", "standin": None}) == \
+        ("dataset", "hf://datasets/a/b/c.parquet")
+    assert personify.general_source({"dataset": None, "standin": "x.jsonl"}) == ("standin", "x.jsonl")
+    for bad in ({"dataset": None, "standin": None}, {"dataset": "a", "standin": "b"}):
+        with pytest.raises(ValueError, match="set exactly one of dataset"):
+            personify.general_source(bad)
+
+
+def _conv(*turns):
+    return [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
+
+
+def test_read_conversations_reads_ultrachat_parquet_and_json_lines(tmp_path):
+    import json
+
+    convs = [_conv("Hi?", "Hello."), _conv("Q1", "A1", "Q2", "A2")]
+    pq = tmp_path / "train_sft-00000-of-00003.parquet"
+    pd.DataFrame({"prompt": ["Hi?", "Q1"], "prompt_id": ["a", "b"], "messages": convs}).to_parquet(pq)
+    assert personify.read_conversations(pq) == convs
+    jl = tmp_path / "g.jsonl"
+    jl.write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs) + "\n")
+    assert personify.read_conversations(jl) == convs
+    js = tmp_path / "g.json"
+    js.write_text(json.dumps([{"messages": c} for c in convs]))
+    assert personify.read_conversations(js) == convs
+    jl.write_text(json.dumps({"text": "no messages"}) + "\n")
+    with pytest.raises(ValueError, match=r"records \[0\] have no 'messages'"):
+        personify.read_conversations(jl)
+
+
+def test_general_rows_first_turns_and_counted_drops():
+    convs = [_conv("Q1", "A1", "Q2", "A2"),
+             [{"role": "system", "content": "be nice"}, *_conv("Qs", "As")],
+             _conv("lonely question"),
+             [{"role": "assistant", "content": "A"}, {"role": "user", "content": "Q"}],
+             _conv("Q", "  ")]
+    rows, drops = personify.general_rows(convs, max_turns=1)
+    assert [r["id"] for r in rows] == ["general-0", "general-1"]
+    assert rows[0] == {"id": "general-0", "kind": "general", "prompt": [{"role": "user", "content": "Q1"}],
+                       "completion": [{"role": "assistant", "content": "A1"}]}
+    assert rows[1]["prompt"] == [{"role": "user", "content": "Qs"}]  # no system prompt: the model as itself
+    assert drops == Counter({"no_reply": 1, "not_alternating": 1, "empty_turn": 1})
+    whole, _ = personify.general_rows(convs[:1], max_turns=None)
+    assert [m["content"] for m in whole[0]["prompt"]] == ["Q1", "A1", "Q2"] and whole[0]["completion"][0]["content"] == "A2"
+    with pytest.raises(ValueError, match="max_turns must be >= 1"):
+        personify.general_rows(convs, max_turns=0)
+
+
+def _general(n):
+    return [{"id": f"general-{i}", "kind": "general", "prompt": [{"role": "user", "content": f"q{i}"}],
+             "completion": [{"role": "assistant", "content": f"a{i}"}]} for i in range(n)]
+
+
+def test_mix_general_repeats_the_personified_rows_and_mixes_the_share():
+    pers = personify.sft_rows([_item(f"h{i}", "harry", "early", {"early": str(i)}) for i in range(6)], STAGES, SYSTEM)
+    mixed, rep = personify.mix_general(pers, _general(100), repeat=5, share=0.7, seed=0)
+    assert rep["personified_rows"] == 6 and rep["personified_rows_repeated"] == 30 and rep["repeat"] == 5
+    assert rep["general_rows"] == 70 and rep["general_unique_rows"] == 70 and rep["general_available"] == 100
+    assert len(mixed) == 100 and rep["general_share"] == pytest.approx(0.7)
+    assert Counter(r["id"] for r in mixed if r.get("kind") != "general") == {r["id"]: 5 for r in pers}
+    assert sorted(r["repeat"] for r in mixed if r["id"] == "h0@early") == [0, 1, 2, 3, 4]
+    assert sum(r.get("kind") == "general" for r in mixed) == 70
+    # seeded: the same mix again, another with another seed
+    assert personify.mix_general(pers, _general(100), 5, 0.7, seed=0)[0] == mixed
+    assert personify.mix_general(pers, _general(100), 5, 0.7, seed=1)[0] != mixed
+    # the rows are what lib.train takes: prompt + completion of assistant messages
+    from lib.train import check_rows
+
+    assert len(check_rows(mixed, "train")) == 100
+
+
+def test_mix_general_without_share_is_the_repetition_alone_and_a_small_share_gives_at_least_one_row():
+    pers = personify.sft_rows([_item("h", "harry", "early", {"early": "e"})], STAGES, SYSTEM)
+    alone, rep = personify.mix_general(pers, [], repeat=1, share=0.0)
+    assert [r["id"] for r in alone] == ["h@early"] and rep["general_rows"] == 0 and rep["general_share"] == 0
+    one, rep = personify.mix_general(pers, _general(3), repeat=1, share=0.01)
+    assert rep["general_rows"] == 1 and len(one) == 2
+
+
+def test_mix_general_cycles_a_small_dataset_and_says_so(caplog):
+    pers = personify.sft_rows([_item(f"h{i}", "harry", "early", {"early": str(i)}) for i in range(10)], STAGES, SYSTEM)
+    mixed, rep = personify.mix_general(pers, _general(3), repeat=1, share=0.5)
+    assert rep["general_rows"] == 10 and rep["general_unique_rows"] == 3
+    # three full passes over the three rows, then one more: each row 3 or 4 times, never one row many times
+    assert sorted(Counter(r["id"] for r in mixed if r.get("kind") == "general").values()) == [3, 3, 4]
+    assert "each is used up to 4 times" in caplog.text
+
+
+def test_mix_general_checks_its_arguments():
+    pers = personify.sft_rows([_item("h", "harry", "early", {"early": "e"})], STAGES, SYSTEM)
+    for repeat in (0, 1.5, True):
+        with pytest.raises(ValueError, match="repeat must be an integer >= 1"):
+            personify.mix_general(pers, _general(2), repeat=repeat)
+    for share in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"share must be in \[0, 1\)"):
+            personify.mix_general(pers, _general(2), share=share)
+    with pytest.raises(ValueError, match="asks for 1 general rows, but the general dataset gave none"):
+        personify.mix_general(pers, [], share=0.5)
+
+
+def test_the_offline_stand_in_is_a_handful_of_valid_instruction_pairs():
+    path = ROOT / "lib/persllm/general_instructions.jsonl"
+    rows, drops = personify.general_rows(personify.read_conversations(path), max_turns=1)
+    assert 10 <= len(rows) <= 40 and not drops
+    assert all(len(r["prompt"]) == 1 and r["completion"][0]["content"].strip() for r in rows)
+
+
+def test_the_profiles_carry_the_documented_recipe():
+    from lib import config
+
+    paper = config.load("paper", check_files=False)
+    sft, label = paper["sft"]["persllm"], paper["label"]["persllm"]
+    args = sft["args"]
+    assert sft["repeat"] == 5 and args["num_train_epochs"] == 1 and sft["max_seq_length"] == 3000
+    assert args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] == 16
+    assert (args["learning_rate"], args["warmup_steps"], args["weight_decay"]) == (2e-5, 50, 0.1)
+    assert sft["tuning"] == "lora"  # full fine-tuning of the 8B student does not fit one GPU (check_tuning)
+    assert personify.general_source(sft["general"])[1].startswith("hf://datasets/HuggingFaceH4/ultrachat_200k/")
+    assert 0 < sft["general"]["share"] < 1
+    assert label["encoder"] == "sentence-transformers/gtr-t5-base"
+    assert (label["knowledge_words"], label["style_words"]) == (1500, 500)
+    assert label["examples_template"] and label["error_note_template"]
+    for profile in ("cpu", "tiny"):
+        p = config.load(profile)["sft"]["persllm"]
+        assert personify.general_source(p["general"])[0] == "standin" and p["general"]["share"] > 0
+        assert config.load(profile)["label"]["persllm"]["encoder"] == "package:minilm"  # offline

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -408,34 +409,39 @@ def test_jic_trains_and_evaluates_on_the_released_dialogues_when_switched(tiny_r
         _dvc(repo, "repro")
 
 
-def test_sigkill_during_the_sweep_then_rerun_keeps_the_experts_and_replies_of_07(tiny_run):
-    """kill -9 after 07 saved its replies (the α sweep running): the rerun trains and generates nothing again."""
+def test_sigkill_mid_generation_then_rerun_keeps_the_experts_and_finished_chunks_of_07(tiny_run):
+    """kill -9 after 07 wrote its first chunk of replies: the rerun trains no expert again, keeps that chunk and
+    generates only the rest, each unit's replies once."""
     repo, _, _ = tiny_run
     stage = "07_dexperts_big5chat"
-    gen = repo / "data/big5chat/07_dexperts/generations.jsonl"
-    timing = gen.with_name("generation_seconds.json")  # written right after the replies, before the sweep
+    out = repo / "data/big5chat/07_dexperts"
+    before_run = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    units = sorted({g["unit_id"] for g in before_run})
+    assert len(units) >= 2, "tiny must generate more than one chunk (dexperts.chunk_units)"
 
-    def generated_since(t0: int) -> bool:  # by this run (the finished run's outputs are moved aside first)
-        try:
-            return timing.stat().st_mtime_ns > t0
-        except FileNotFoundError:
-            return False
+    def chunks_since(t0: int) -> dict:  # by this run (the finished run's outputs are moved aside first)
+        return {p: p.stat().st_mtime_ns for p in (out / "chunks").glob("chunk-*.jsonl") if p.stat().st_mtime_ns > t0}
 
     try:
         t0 = time.time_ns()
         proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-s", "-f", stage], cwd=repo, env=_env(repo),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + 300
-        while time.time() < deadline and not generated_since(t0):
+        while time.time() < deadline and not chunks_since(t0):
             time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        assert not (repo / "data/big5chat/07_dexperts/COMPLETE").exists(), "the kill did not land before the end"
+        kept = chunks_since(t0)
+        assert 1 <= len(kept) < len(units) and not (out / "generations.jsonl").exists(), "the kill missed the run"
         experts = sorted((repo / "models/dexperts").glob("*/train_metrics.json"))
-        assert gen.exists() and len(experts) == 10
-        before = {p: p.stat().st_mtime_ns for p in [gen, *experts]}
+        assert len(experts) == 10
+        before = {p: p.stat().st_mtime_ns for p in [*kept, *experts]}
         _dvc(repo, "repro", "-s", stage)
-        assert {p: p.stat().st_mtime_ns for p in before} == before
-        assert (repo / "data/big5chat/07_dexperts/COMPLETE").exists()
+        assert {p: p.stat().st_mtime_ns for p in before} == before  # neither retrained nor regenerated
+        assert "kept the" in (repo / "reports/notebooks/07_dexperts_big5chat.ipynb").read_text()
+        after = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+        per_unit = Counter(g["unit_id"] for g in after)
+        assert sorted(per_unit) == units and set(per_unit.values()) == {len(before_run) // len(units)}
+        assert (out / "COMPLETE").exists()
     finally:
         _dvc(repo, "repro")

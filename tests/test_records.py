@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from lib.records import RecordError, append_jsonl, check_ids, done_ids, read_jsonl
+from lib.records import RecordError, append_jsonl, check_ids, done_ids, read_jsonl, run_in_chunks
 
 
 def test_roundtrip_keeps_order_and_unicode(tmp_path):
@@ -92,3 +92,33 @@ def test_long_truncated_line_spanning_read_chunks_is_cut(tmp_path):
         f.write(b'{"id": "b", "text": "' + b"x" * 200_000)
     append_jsonl(path, {"id": "c"})
     assert path.read_bytes() == b'{"id": "a"}\n{"id": "c"}\n'
+
+
+def test_run_in_chunks_resumes_at_the_first_unfinished_chunk_and_writes_what_one_run_would(tmp_path):
+    items = [f"u{i}" for i in range(7)]
+    calls = []
+
+    def work(chunk, first):
+        calls.append(first)
+        return [{"id": u, "seed": first + j} for j, u in enumerate(chunk)]
+
+    whole, ran = run_in_chunks(tmp_path / "whole", items, 3, work)
+    assert ran == 3 and calls == [0, 3, 6] and [r["id"] for r in whole] == items
+    assert [r["seed"] for r in whole] == list(range(7))  # seeded by position: the same as one call
+
+    calls.clear()
+
+    def killed(chunk, first):
+        if first == 3:
+            raise KeyboardInterrupt  # the kill lands in the second chunk
+        return work(chunk, first)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_in_chunks(tmp_path / "killed", items, 3, killed)
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == ["chunk-00000.jsonl"]  # nothing half-written
+    calls.clear()
+    resumed, ran = run_in_chunks(tmp_path / "killed", items, 3, work)
+    assert calls == [3, 6] and ran == 2 and resumed == whole
+    assert run_in_chunks(tmp_path / "killed", items, 3, work) == (whole, 0)
+    with pytest.raises(ValueError, match="chunk size must be at least 1"):
+        run_in_chunks(tmp_path / "x", items, 0, work)

@@ -13,8 +13,9 @@ The paper's data path, as this package builds it (the training and evaluation pa
    *question*, a *thought* (an opinion that agrees or conflicts with the source) and an *error* question with a
    planted factual or commonsense mistake (the paper's anti-induction inputs).
 3. Answers. The teacher answers each input in character, in the paper's form `[Analysis] ... [Response] ...`,
-   after "Now it's {time}." and with retrieved sources and speeches of that stage in the prompt. Only answers with a
-   `[Response]` are kept. Every input is answered in its own stage and, where the character has material there, in
+   after "Now it's {time}." and with retrieved sources and speeches of that stage in the prompt (the paper: ~1,500
+   words of experience and knowledge, ~500 of conversation, retrieved with gtr-t5-base; `fill_words`), warned
+   that an error input misleads, and shown chain-of-thought examples. Only answers with a `[Response]` are kept. Every input is answered in its own stage and, where the character has material there, in
    the other stage too: these are the stage pairs of the automatic DPO.
 4. Dedup and split. Inputs are deduplicated greedily by cosine >= 0.95 of their sentence embeddings, per character
    and pooled across stages (an input goes with all its answers), then split 4/5 train, 1/5 test by input, so both
@@ -261,19 +262,64 @@ def answer_records(inputs: Sequence[Mapping], available: Mapping[str, set], othe
     return recs
 
 
-def retrieve(query_vecs: np.ndarray, pool_vecs: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k pool rows most similar (cosine) to each query, best first (n_queries x min(k, pool))."""
-    if k <= 0 or len(pool_vecs) == 0:
+def retrieve(query_vecs: np.ndarray, pool_vecs: np.ndarray, k: int | None) -> np.ndarray:
+    """Indices of the k pool rows most similar (cosine) to each query, best first (n_queries x min(k, pool));
+    k None ranks the whole pool."""
+    if (k is not None and k <= 0) or len(pool_vecs) == 0:
         return np.zeros((len(query_vecs), 0), dtype=int)
     sims = unit_rows(query_vecs) @ unit_rows(pool_vecs).T
     return np.argsort(-sims, axis=1, kind="stable")[:, :k]
 
 
+def word_count(text: str) -> int:
+    """Words of a text, as the paper's retrieval budgets count them (whitespace-separated)."""
+    return len(str(text).split())
+
+
+def cut_words(text: str, n: int) -> str:
+    """The first n words of a text, its line breaks kept (a dialogue segment stays one turn per line)."""
+    out, left = [], n
+    for line in str(text).splitlines():
+        words = line.split()
+        if left <= 0:
+            break
+        if words:
+            out.append(" ".join(words[:left]))
+            left -= min(len(words), left)
+    return "\n".join(out)
+
+
+def fill_words(ranked: Sequence[str], max_words: int | None, max_items: int | None = None) -> list[str]:
+    """Retrieved texts, best first, within a budget: at most `max_items` texts and `max_words` words in all (None:
+    no limit). Whole texts are taken while they fit; the first that does not is cut at the budget and the fill
+    stops, so the material comes to the budget (the paper's ~1,500 words of experience and knowledge, ~500 of
+    conversation) without dropping a better text for a shorter, worse one."""
+    if (max_words is not None and max_words < 0) or (max_items is not None and max_items < 0):
+        raise ValueError(f"fill_words: negative budget (max_words={max_words}, max_items={max_items})")
+    out, used = [], 0
+    for text in ranked[:max_items] if max_items is not None else ranked:
+        n = word_count(text)
+        if max_words is not None and used + n > max_words:
+            if max_words - used > 0:
+                out.append(cut_words(text, max_words - used))
+            break
+        out.append(text)
+        used += n
+    return out
+
+
 def answer_material(recs: Sequence[Mapping], sources: Sequence[Mapping], speeches: Sequence[Mapping], embed,
-                    retrieve_k: int, style_k: int, style_pool: int | None = None, seed: int = 0) -> dict[str, dict]:
-    """Per answer record, the material its prompt holds: the `retrieve_k` sources and `style_k` own lines of its
-    character and stage most similar to the input (cosine under `embed`: list[str] -> array). Own lines are searched
-    in a seeded sample of `style_pool` per character and stage. {record id: {"knowledge": [...], "style": [...]}}."""
+                    retrieve_k: int | None, style_k: int | None, style_pool: int | None = None, seed: int = 0,
+                    knowledge_words: int | None = None, style_words: int | None = None) -> dict[str, dict]:
+    """Per answer record, the material its prompt holds: sources and own lines of its character and stage, most
+    similar to the input first (cosine under `embed`: list[str] -> array), within each part's budget: at most
+    `retrieve_k` sources and `knowledge_words` words of them, at most `style_k` own lines and `style_words` words
+    of them (`fill_words`; None: no limit of that kind, but each part needs one). Own lines are searched in a seeded
+    sample of `style_pool` per character and stage. {record id: {"knowledge": [...], "style": [...]}}."""
+    for part, k, words in (("knowledge", retrieve_k, knowledge_words), ("style", style_k, style_words)):
+        if k is None and words is None:
+            count = "retrieve_k" if part == "knowledge" else "style_k"
+            raise ValueError(f"{part} material has no budget: {count} and {part}_words are both null; set one")
     cells: dict[tuple, dict] = {}
     for src in sources:
         cells.setdefault((src["character"], src["stage"]), {"sources": [], "speeches": []})["sources"].append(src["text"])
@@ -289,29 +335,41 @@ def answer_material(recs: Sequence[Mapping], sources: Sequence[Mapping], speeche
         raise ValueError(f"answer records for character/stage cells without material: {missing}")
     out: dict[str, dict] = {}
     query_vecs = embed([r["input"] for r in recs]) if recs else np.zeros((0, 1))
+    budgets = {"sources": (retrieve_k, knowledge_words), "speeches": (style_k, style_words)}
     for (key, stage), cell in cells.items():
         idx = [i for i, r in enumerate(recs) if (r["character"], r["stage"]) == (key, stage)]
         if not idx:
             continue
         q = query_vecs[idx]
         got = {}
-        for part, k in (("sources", retrieve_k), ("speeches", style_k)):
+        for part, (k, words) in budgets.items():
             texts = cell[part]
-            got[part] = retrieve(q, embed(texts), k) if texts and k > 0 else np.zeros((len(idx), 0), dtype=int)
+            # With a word budget every text is ranked (the budget decides how many), else the k best only.
+            rank_k = None if words is not None else k
+            ranked = retrieve(q, embed(texts), rank_k) if texts and k != 0 and words != 0 else \
+                np.zeros((len(idx), 0), dtype=int)
+            got[part] = [fill_words([texts[j] for j in row], words, k) for row in ranked]
         for row, i in enumerate(idx):
-            out[recs[i]["id"]] = {"knowledge": [cell["sources"][j] for j in got["sources"][row]],
-                                  "style": [cell["speeches"][j] for j in got["speeches"][row]]}
+            out[recs[i]["id"]] = {"knowledge": got["sources"][row], "style": got["speeches"][row]}
     return out
 
 
 def answer_messages(rec: Mapping, time: str, knowledge: Sequence[str], style: Sequence[str], template: str,
-                    guided: str | None = None, analysis: str | None = None) -> list[dict]:
+                    guided: str | None = None, analysis: str | None = None, examples: str = "",
+                    error_note: str = "") -> list[dict]:
     """The teacher's chat for one answer. System: the template with the character, "Now it's {time}.", the retrieved
-    knowledge and style lines; user: the input. `guided` (cpu, a model too small for the whole form): "analysis"
-    asks for the analysis alone, "response" for the reply alone (after the analysis, when one is given: the cpu
-    teacher is not shown it, because it copies it)."""
-    system = template.format(name=rec["name"], time=time, knowledge="\n".join("- " + " / ".join(k.splitlines()) for k in knowledge) or "-",
+    knowledge and style lines; then, for an anti-induction (error) input, `error_note` (the paper warns the answerer
+    that the input misleads); then `examples`, the chain-of-thought few-shot answers (each "{name}" in either is the
+    character). User: the input. `guided` (cpu, a model too small for the whole form): "analysis" asks for the
+    analysis alone, "response" for the reply alone (after the analysis, when one is given: the cpu teacher is not
+    shown it, because it copies it)."""
+    system = template.format(name=rec["name"], time=time,
+                             knowledge="\n".join("- " + " / ".join(k.splitlines()) for k in knowledge) or "-",
                              style="\n".join(f'- "{s}"' for s in style) or "-")
+    extras = [error_note if rec.get("type") == "error" else "", examples]
+    for extra in (e.strip() for e in extras):
+        if extra:
+            system = system.rstrip() + "\n\n" + extra.replace("{name}", rec["name"])
     user = rec["input"]
     if guided == "analysis":
         user += f"\n\nFirst think as {rec['name']}: in one or two sentences, what do you know and feel about this?"

@@ -9,6 +9,12 @@ to read them.
 
 One model serves all characters: the system prompt names the character, the user turn starts with the stage token.
 
+The training mix. PersLLM's documentation (persLLM_documentation.pdf, "Hyper-parameter Settings") repeats the
+personified data 5 times and mixes it with general instruction-tuning data for one epoch. `mix_general` builds that
+mix from the personified rows, `repeat` and the general rows' share of the result; `general_rows` turns a general
+dataset's conversations (UltraChat's `messages` layout) into prompt-completion rows. The paper's code fine-tunes
+every weight; `check_tuning` stops `full` with the reason this repository cannot (one GPU, LoRA-only trainer).
+
 Automatic DPO. For each training answer the chosen side is the character's own answer; the rejected side is another
 character's answer to a similar input: the inputs are embedded, the `skip_nearest` most similar inputs of other
 characters are skipped (near-paraphrases whose answers may be as good) and the next one whose answer text differs is
@@ -17,7 +23,10 @@ pair. Both aim at the paper's contrast: between characters and between stages.
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
+import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -180,6 +189,123 @@ def with_stage(row: Mapping, stage: str, stages: Sequence[Mapping]) -> dict:
         raise ValueError(f"row {row.get('id')}: its user turn does not start with a stage token ({sorted(known)})")
     return {**row, "stage": stage,
             "prompt": [*row["prompt"][:-1], {"role": "user", "content": f"{stage_token(stages, stage)} {rest}"}]}
+
+
+# --------------------------------------------------------------------------------------------- the training mix
+
+TUNINGS = ("lora", "full")
+# bf16 weights (2) and gradients (2), fp32 master weights (4) and AdamW's two moments (8): bytes per parameter of a
+# mixed-precision full fine-tune, before activations. 8.0e9 parameters (Llama-3-8B) x 16 = 128 GB.
+FULL_FT_BYTES_PER_PARAM = 16
+
+
+def check_tuning(tuning: str, n_params: float = 8.0e9) -> str:
+    """`sft.persllm.tuning`: "lora" passes; "full" (the paper code's full fine-tuning) is an error that says
+    why it does not run here; anything else is an error naming the choices."""
+    if tuning == "lora":
+        return tuning
+    if tuning == "full":
+        need = n_params * FULL_FT_BYTES_PER_PARAM / 1e9
+        raise NotImplementedError(
+            f"sft.persllm.tuning: full — PersLLM's code fine-tunes every weight, but lib.train.sft trains "
+            f"LoRA adapters only (lib.models.load_for_training wraps every model in peft, and 09_dpo/11_generate load "
+            f"the SFT result as an adapter). A full fine-tune of {n_params / 1e9:.1f}B parameters needs "
+            f"~{FULL_FT_BYTES_PER_PARAM} bytes per parameter (bf16 weights and gradients, fp32 master weights and "
+            f"AdamW moments), ~{need:.0f} GB before activations: more than one 80 GB GPU. It needs a multi-GPU path "
+            f"(DeepSpeed ZeRO-3 or FSDP, with optimizer offload), which this repository does not have; set "
+            f"sft.persllm.tuning: lora")
+    raise ValueError(f"sft.persllm.tuning = {tuning!r}; expected one of {TUNINGS}")
+
+
+def general_source(general: Mapping) -> tuple[str, str]:
+    """Which general instruction data `sft.persllm.general` names: ("dataset", a data-path: a Hub dataset file or a
+    file under data.root) or ("standin", a file in this repository, the offline profiles' few pairs). Exactly one
+    of the two keys is set."""
+    given = [(key, general.get(key)) for key in ("dataset", "standin") if general.get(key)]
+    if len(given) != 1:
+        raise ValueError("sft.persllm.general: set exactly one of dataset (a Hub dataset file, paper) and standin (a "
+                         f"file in this repository, cpu/tiny); got {dict(given) or 'neither'}")
+    return given[0]
+
+
+def read_conversations(path: str | Path) -> list:
+    """The `messages` of every record of a general instruction dataset: a parquet file (UltraChat-200k's layout:
+    prompt, prompt_id, messages) or JSON lines / a JSON list of {"messages": [{"role", "content"}, ...]}."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        frame = pd.read_parquet(path, columns=["messages"])
+        return [[dict(m) for m in msgs] for msgs in frame["messages"]]
+    text = path.read_text(encoding="utf-8")
+    records = json.loads(text) if path.suffix == ".json" else [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+    missing = [i for i, r in enumerate(records) if not isinstance(r, Mapping) or "messages" not in r]
+    if missing:
+        raise ValueError(f"{path}: records {missing[:5]} have no 'messages' list")
+    return [list(r["messages"]) for r in records]
+
+
+def general_rows(conversations: Sequence[Sequence[Mapping]], max_turns: int | None = 1) -> tuple[list[dict], Counter]:
+    """Prompt-completion rows from general conversations: the first `max_turns` user turns with their replies
+    (None: the whole conversation); the last kept reply is the completion (the loss), the turns before it the
+    prompt. No system prompt: these rows are the model as itself. Returns (rows, drops by reason): a conversation
+    that does not alternate user/assistant from a user turn, or has an empty turn, or no reply, is a counted drop."""
+    if max_turns is not None and max_turns < 1:
+        raise ValueError(f"sft.persllm.general.max_turns must be >= 1 or null, got {max_turns}")
+    rows, drops = [], Counter()
+    for i, conv in enumerate(conversations):
+        msgs = [{"role": m.get("role"), "content": m.get("content")} for m in conv if m.get("role") != "system"]
+        if max_turns is not None:
+            msgs = msgs[:2 * max_turns]
+        if len(msgs) % 2:
+            msgs = msgs[:-1]  # a last user turn without its reply
+        if not msgs:
+            drops["no_reply"] += 1
+            continue
+        if any(m["role"] != ("user", "assistant")[k % 2] for k, m in enumerate(msgs)):
+            drops["not_alternating"] += 1
+            continue
+        if any(not isinstance(m["content"], str) or not m["content"].strip() for m in msgs):
+            drops["empty_turn"] += 1
+            continue
+        rows.append({"id": f"general-{i}", "kind": "general", "prompt": msgs[:-1], "completion": msgs[-1:]})
+    return rows, drops
+
+
+def mix_general(personified: Sequence[Mapping], general: Sequence[Mapping], repeat: int = 1, share: float = 0.0,
+                seed: int = 0) -> tuple[list[dict], dict]:
+    """The training rows: the personified rows `repeat` times, mixed with general rows that make up `share` of
+    the result (n_general = round(share / (1 - share) * repeat * len(personified)), at least one when share > 0),
+    drawn from `general` in a seeded order without replacement, and cycled (each pass reshuffled) when the
+    dataset holds fewer than that. The mix is shuffled (seeded). Returns (rows, report); the report says how many
+    general rows were mixed in and how many of them are distinct."""
+    if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+        raise ValueError(f"sft.persllm.repeat must be an integer >= 1, got {repeat!r}")
+    if not 0 <= share < 1:
+        raise ValueError(f"sft.persllm.general.share must be in [0, 1), got {share!r}")
+    rows = [{**r, "repeat": k} for k in range(repeat) for r in personified]
+    n_general = round(share / (1 - share) * len(rows)) if rows else 0
+    if share > 0 and rows:
+        n_general = max(n_general, 1)
+    if n_general and not general:
+        raise ValueError(f"sft.persllm.general.share = {share} asks for {n_general} general rows, but the general "
+                         "dataset gave none")
+    rng = random.Random(f"{seed}-general")
+    picked: list[Mapping] = []
+    while len(picked) < n_general:
+        order = list(range(len(general)))
+        rng.shuffle(order)
+        picked += [general[j] for j in order[:n_general - len(picked)]]
+    passes = math.ceil(n_general / len(general)) if general else 0
+    if passes > 1:
+        log.warning("mix_general: %d general rows asked for, the dataset holds %d: each is used up to %d times",
+                    n_general, len(general), passes)
+    mixed = rows + [dict(g) for g in picked]
+    random.Random(f"{seed}-mix").shuffle(mixed)
+    report = {"personified_rows": len(personified), "repeat": repeat, "personified_rows_repeated": len(rows),
+              "general_rows": n_general, "general_unique_rows": len({g["id"] for g in picked}),
+              "general_available": len(general), "general_share": n_general / len(mixed) if mixed else 0.0}
+    return mixed, report
 
 
 # --------------------------------------------------------------------------------------------- inference
