@@ -5,7 +5,7 @@ continuously on the GPU, instead of decoding them with Hugging Face `generate` i
 base model and every adapter the stage compares; a request names the one it wants (`model`: the base model's id, or
 an adapter's name). Start the server before the stage, with the command the stage prints (`serve_command`):
 
-    vllm serve meta-llama/Meta-Llama-3-8B-Instruct --port 8002 --api-key $VLLM_API_KEY \\
+    vllm serve meta-llama/Meta-Llama-3-8B-Instruct --port 8002 --api-key $VLLM_API_KEY --gpu-memory-utilization 0.6 \\
         --enable-lora --max-lora-rank 16 --lora-modules sft=models/sft/big5chat/adapter dpo=models/dpo/big5chat/adapter
 
 vLLM applies the model's own chat template and stops at its generation config's EOS ids, as lib.decoding does; each
@@ -30,12 +30,13 @@ Messages = list[dict]
 
 
 def serve_command(model: str, adapters: Mapping[str, str | Path], port: int, max_lora_rank: int,
-                  api_key_env: str | None) -> str:
-    """The `vllm serve` command line that holds `model` and every adapter under its name."""
+                  api_key_env: str | None, gpu_memory_utilization: float = 0.9) -> str:
+    """The `vllm serve` command line that holds `model` and every adapter under its name. vLLM reserves
+    `gpu_memory_utilization` of the GPU (its default 0.9); a stage that also loads the model itself needs less."""
     modules = " ".join(f"{name}={path}" for name, path in adapters.items())
     key = f" --api-key ${api_key_env}" if api_key_env else ""
-    return (f"vllm serve {model} --port {port}{key} --enable-lora --max-lora-rank {max_lora_rank} "
-            f"--lora-modules {modules}")
+    return (f"vllm serve {model} --port {port}{key} --gpu-memory-utilization {gpu_memory_utilization:g} "
+            f"--enable-lora --max-lora-rank {max_lora_rank} --lora-modules {modules}")
 
 
 def adapter_rank(adapter_dir: str | Path) -> int:
@@ -62,11 +63,12 @@ class ServedStudent:
         self.max_concurrency = cfg.get("max_concurrency", 64)
         self.max_retries = cfg.get("max_retries", 5)
         self.timeout_s = cfg.get("timeout_s", 600.0)
+        self.gpu_memory_utilization = cfg.get("gpu_memory_utilization", 0.9)
 
     def command(self) -> str:
         port = urllib.parse.urlsplit(self.base_url).port or 8000
         rank = max([adapter_rank(d) for d in self.adapters.values()] or [16])
-        return serve_command(self.model, self.adapters, port, rank, self.api_key_env)
+        return serve_command(self.model, self.adapters, port, rank, self.api_key_env, self.gpu_memory_utilization)
 
     def check(self) -> list[str]:
         """The names the server holds; a TeacherError naming the missing ones (and the command) if any is absent."""

@@ -23,8 +23,8 @@ def _adapters(tmp_path, ranks=(16, 8)):
 
 
 def _student(server, adapters, **cfg):
-    return ServedStudent({"base_url": server.base_url, "api_key_env": "VLLM_TEST_KEY", "max_concurrency": 4, **cfg},
-                         BASE, adapters)
+    return ServedStudent({"base_url": server.base_url, "api_key_env": "VLLM_TEST_KEY", "max_concurrency": 4,
+                          "gpu_memory_utilization": 0.6, **cfg}, BASE, adapters)
 
 
 def test_requests_name_the_adapter_or_the_base_and_carry_the_seed(tmp_path, monkeypatch):
@@ -68,7 +68,7 @@ def test_a_server_without_the_adapters_is_a_clear_error_with_the_command(tmp_pat
         student = _student(server, adapters)
         with pytest.raises(TeacherError, match=r"does not hold \['dpo'\]") as err:
             student.check()
-        assert f"vllm serve {BASE} --port {server.port} --api-key $VLLM_TEST_KEY --enable-lora " \
+        assert f"vllm serve {BASE} --port {server.port} --api-key $VLLM_TEST_KEY --gpu-memory-utilization 0.6 --enable-lora " \
                f"--max-lora-rank 32 --lora-modules sft={adapters['sft']} dpo={adapters['dpo']}" in str(err.value)
         with pytest.raises(TeacherError, match="HTTP 404"):  # what vLLM answers for a name it does not hold
             student.generate_chat([[{"role": "user", "content": "hi"}]], "dpo", max_new_tokens=4)
@@ -96,6 +96,6 @@ def test_serve_command_and_rank(tmp_path):
     adapters = _adapters(tmp_path)
     assert adapter_rank(adapters["dpo"]) == 8
     assert serve_command(BASE, {"sft": "a/b"}, 8002, 16, None) == \
-        f"vllm serve {BASE} --port 8002 --enable-lora --max-lora-rank 16 --lora-modules sft=a/b"
+        f"vllm serve {BASE} --port 8002 --gpu-memory-utilization 0.9 --enable-lora --max-lora-rank 16 --lora-modules sft=a/b"
     with pytest.raises(ValueError, match="cannot read the adapter's rank"):
         adapter_rank(tmp_path)
