@@ -150,7 +150,9 @@ def model_specs(cfg: dict) -> dict[str, str]:
     """Every model the profile names that 00_models must prepare, as {params key: spec}.
 
     A teacher behind an endpoint is only a name there, so only local teachers count. JIC's BERTScore encoder counts
-    where BERTScore is on and the profile names one (paper: a Hub id); null (tiny, cpu) means `models.embedder`."""
+    where BERTScore is on and the profile names one (paper: a Hub id); null (tiny, cpu) means `models.embedder`.
+    PersLLM's retrieval and dedup encoder always counts (paper: sentence-transformers/gtr-t5-base; tiny and cpu:
+    package:minilm, offline)."""
     specs = {f"models.{role}": spec for role, spec in cfg["models"].items()}
     for section, paper in TEACHER_STAGES:
         p = cfg[section][paper]
@@ -159,6 +161,7 @@ def model_specs(cfg: dict) -> dict[str, str]:
     if cfg["sft"]["pchat"]["model"]:
         specs["sft.pchat.model"] = cfg["sft"]["pchat"]["model"]
     specs["eval.pchat.mcn_encoder"] = cfg["eval"]["pchat"]["mcn_encoder"]
+    specs["label.persllm.encoder"] = cfg["label"]["persllm"]["encoder"]
     if cfg["eval"]["jic"]["bertscore"] and cfg["eval"]["jic"]["bertscore_model"]:
         specs["eval.jic.bertscore_model"] = cfg["eval"]["jic"]["bertscore_model"]
     return specs

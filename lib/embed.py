@@ -9,6 +9,8 @@ checks that the resulting pooling really is mean so a library change cannot sile
 Every text is cut to at most `max_input_tokens` of its encoder, whatever max_seq_length a caller asks for:
 microsoft/deberta-large's tokenizer_config.json sets no model_max_length (transformers then reports int(1e30)) and
 its positions are relative, so a longer input raises nothing and is quietly encoded at positions it never saw.
+sentence-transformers/gtr-t5-base (PersLLM's retriever) is a T5 encoder: relative positions and no
+max_position_embeddings at all, so its limit is its pipeline's max_seq_length (512, as its tokenizer's).
 """
 from __future__ import annotations
 
@@ -51,19 +53,35 @@ def load_encoder(model_path: str):
     if not pipeline and "mean" not in modes:
         raise ValueError(f"{model_path}: expected mean pooling for a plain encoder, got modules {modes}")
     # Read now: embed() overwrites the tokenizer's model_max_length on every call. A sentence-transformers
-    # pipeline's own max_seq_length (MiniLM: 256) is its training length, not a limit, so only the config counts.
-    model.max_input_tokens = max_input_tokens(model[0].auto_model.config, None if pipeline else model.tokenizer)
+    # pipeline's own max_seq_length (MiniLM: 256) is its training length, not a limit, so the config's
+    # max_position_embeddings counts where there is one; a relative-position config has none (T5: gtr-t5-base), and
+    # then the pipeline's max_seq_length is the limit (sentence_bert_config.json's, else the tokenizer's
+    # model_max_length: sentence-transformers loads either into model.max_seq_length; gtr-t5-base: 512).
+    config = model[0].auto_model.config
+    if pipeline:
+        model.max_input_tokens = max_input_tokens(config, pipeline_length=model.max_seq_length)
+    else:
+        model.max_input_tokens = max_input_tokens(config, model.tokenizer)
     return model
 
 
-def max_input_tokens(config, tokenizer=None) -> int:
+def max_input_tokens(config, tokenizer=None, pipeline_length: int | None = None) -> int:
     """The most tokens, special ones included, an encoder takes: its config's max_position_embeddings, capped by the
-    tokenizer's model_max_length where the repo sets one (microsoft/deberta-large sets none: int(1e30))."""
+    tokenizer's model_max_length where the repo sets one (microsoft/deberta-large sets none: int(1e30)).
+
+    A relative-position config (T5) has no max_position_embeddings: then the tokenizer's model_max_length is the
+    limit, or where no tokenizer is given, `pipeline_length`, a sentence-transformers pipeline's max_seq_length
+    (which only counts where the config has no limit of its own)."""
+    def usable(n) -> bool:
+        return isinstance(n, int) and not isinstance(n, bool) and 0 < n < NO_LIMIT
+
     found = (getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None))
-    limits = [n for n in found if isinstance(n, int) and 0 < n < NO_LIMIT]
+    limits = [n for n in found if usable(n)]
+    if not limits and usable(pipeline_length):
+        limits = [pipeline_length]
     if not limits:
-        raise ValueError(f"cannot tell the input limit of a {type(config).__name__}: no max_position_embeddings and no "
-                         "model_max_length; pass a tokenizer with one")
+        raise ValueError(f"cannot tell the input limit of a {type(config).__name__}: no max_position_embeddings, no "
+                         "model_max_length and no max_seq_length; pass a tokenizer with one")
     return min(limits)
 
 

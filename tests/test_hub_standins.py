@@ -251,3 +251,51 @@ def test_bertscore_with_the_deberta_encoder(built):
 
     scores, why = metrics.bertscore([LONG], ["I wrote in my journal today."], str(built["encoder"]), num_layers=2)
     assert why == "" and scores is not None
+
+
+# --- sentence-transformers/gtr-t5-base (label.persllm.encoder) -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gtr(tmp_path_factory) -> Path:
+    return hub_cache.BUILDERS["sentence_t5"](tmp_path_factory.mktemp("hub") / "gtr")
+
+
+def test_gtr_is_a_t5_encoder_pipeline_without_a_position_limit(gtr):
+    from transformers import AutoConfig, AutoTokenizer
+
+    modules = json.loads((gtr / "modules.json").read_text())
+    assert [(m["path"], m["type"].rsplit(".", 1)[1]) for m in modules] == [
+        ("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Dense", "Dense"), ("3_Normalize", "Normalize")]
+    assert not (gtr / "3_Normalize").exists()  # git keeps no empty folder
+    assert json.loads((gtr / "sentence_bert_config.json").read_text()) == {"max_seq_length": 512,
+                                                                           "do_lower_case": False}
+    assert json.loads((gtr / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"] is True
+    dense = json.loads((gtr / "2_Dense" / "config.json").read_text())
+    assert (dense["bias"], dense["activation_function"]) == (False, "torch.nn.modules.linear.Identity")
+    assert dense["in_features"] == dense["out_features"]
+    raw = json.loads((gtr / "config.json").read_text())
+    assert raw["architectures"] == ["T5EncoderModel"] and raw["n_positions"] == 512
+    assert "max_position_embeddings" not in raw
+    config = AutoConfig.from_pretrained(gtr)
+    assert type(config).__name__ == "T5Config" and not hasattr(config, "max_position_embeddings")
+    tok = AutoTokenizer.from_pretrained(gtr)
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id, tok.bos_token) == (0, 1, 2, None)
+    assert tok.model_max_length == 512 and (gtr / "spiece.model").is_file()
+    assert tok.convert_ids_to_tokens(tok.convert_tokens_to_ids("<extra_id_0>")) == "<extra_id_0>"
+    assert len(tok) == tok.convert_tokens_to_ids("<extra_id_99>") + 1 < config.vocab_size  # padded table
+    ids = tok("I wrote in my journal")["input_ids"]
+    assert ids[-1] == 1 and ids.count(1) == 1  # </s> appended, no BOS
+
+
+def test_gtr_loads_as_sentence_transformers_does_and_lib_embed_cuts_at_512(gtr):
+    from sentence_transformers import SentenceTransformer
+
+    from lib import embed
+
+    model = SentenceTransformer(str(gtr), device="cpu", local_files_only=True)
+    assert [type(m).__name__ for m in model] == ["Transformer", "Pooling", "Dense", "Normalize"]
+    assert model[1].pooling_mode == "mean" and model.max_seq_length == 512
+    texts = ["I wrote in my journal today.", "How are you feeling?"]
+    np.testing.assert_allclose(embed.embed(texts, gtr), model.encode(texts), atol=1e-5)
+    assert embed.load_encoder(str(gtr)).max_input_tokens == 512
+    assert np.array_equal(embed.embed([LONG], gtr, max_seq_length=1024), embed.embed([LONG], gtr, max_seq_length=512))

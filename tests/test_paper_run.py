@@ -47,7 +47,8 @@ GATED_KEYS = {"hub_tasks"}
 SERVED_ADAPTERS = ("sft", "dpo")  # the names 11_generate_big5chat's vllm backend requests its adapters by
 MODEL_KINDS = {"meta-llama/Meta-Llama-3-8B-Instruct": "causal", "microsoft/deberta-large": "encoder",
                "google-bert/bert-base-uncased": "bert", "facebook/bart-base": "seq2seq",
-               "sentence-transformers/all-MiniLM-L6-v2": "sentence"}
+               "sentence-transformers/all-MiniLM-L6-v2": "sentence",
+               "sentence-transformers/gtr-t5-base": "sentence_t5"}  # PersLLM's retriever (label.persllm.encoder)
 
 
 def _teacher_blocks(params: dict) -> list[dict]:
@@ -238,8 +239,27 @@ def _hub_datasets(files: Path) -> dict[str, Path]:
                 rows.append({"trait": NAMES[trait], "level": level, "train_input": prompt, "train_output": r["reply"]})
     (files / "big5chat").mkdir(parents=True)
     pd.DataFrame(rows).to_csv(files / "big5chat" / "big5_chat_dataset.csv", index=False)
+    # HuggingFaceH4/ultrachat_200k: data/train_sft-0000i-of-00003-<hash>.parquet with prompt (the first user turn),
+    # prompt_id (its sha256 hex) and messages (list of {content, role}, user first, alternating, ending with the
+    # assistant). PersLLM's general instruction data (sft.persllm.general.dataset): SODA dialogues as the chats
+    import hashlib
+
+    chats = []
+    for turns in soda["dialogue"].head(12):
+        turns = list(turns)[:len(turns) // 2 * 2]
+        chats.append({"prompt": turns[0], "prompt_id": hashlib.sha256(turns[0].encode()).hexdigest(),
+                      "messages": [{"content": t, "role": ("user", "assistant")[k % 2]} for k, t in enumerate(turns)]})
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("prompt", pa.string()), ("prompt_id", pa.string()),
+                        ("messages", pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())])))])
+    (files / "ultrachat" / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(chats, schema=schema),
+                   files / "ultrachat" / "data" / "train_sft-00000-of-00003-a3ecf92756993583.parquet")
     return {"allenai/soda": files / "soda", "AlekseyKorshuk/persona-chat": files / "personachat",
-            "Fatima0923/Automated-Personality-Prediction": files / "pandora", "wenkai-li/big5_chat": files / "big5chat"}
+            "Fatima0923/Automated-Personality-Prediction": files / "pandora", "wenkai-li/big5_chat": files / "big5chat",
+            "HuggingFaceH4/ultrachat_200k": files / "ultrachat"}
 
 
 @pytest.fixture(scope="module")

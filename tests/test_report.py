@@ -85,8 +85,11 @@ def test_00_models_prepares_every_model_the_profile_names_but_not_an_endpoint_te
     paper = config.model_specs(config.load("paper", check_files=False))  # teachers behind endpoints: names only
     assert set(paper.values()) == {"meta-llama/Meta-Llama-3-8B-Instruct", "microsoft/deberta-large",
                                    "facebook/bart-base", "sentence-transformers/all-MiniLM-L6-v2",
-                                   "google-bert/bert-base-uncased"}
-    assert {"sft.pchat.model", "eval.pchat.mcn_encoder", "eval.jic.bertscore_model"} <= set(paper)
+                                   "google-bert/bert-base-uncased", "sentence-transformers/gtr-t5-base"}
+    assert {"sft.pchat.model", "eval.pchat.mcn_encoder", "eval.jic.bertscore_model",
+            "label.persllm.encoder"} <= set(paper)
+    # PersLLM's encoder: gtr-t5-base on the Hub for paper, the packaged MiniLM (offline) for tiny and cpu
+    assert {config.model_specs(config.load(p))["label.persllm.encoder"] for p in ("tiny", "cpu")} == {"package:minilm"}
     # tiny and cpu name no BERTScore model (null: the offline embedder), so 00_models stays offline there
     assert not any(k.startswith("eval.jic") for p in ("tiny", "cpu") for k in config.model_specs(config.load(p)))
 

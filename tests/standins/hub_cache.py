@@ -244,8 +244,93 @@ def copy_minilm(out: Path) -> Path:
     return out
 
 
+GTR_WIDTH = 16  # d_model of the gtr-t5-base stand-in (768 in the real one)
+GTR_EXTRA_IDS = 100  # T5's <extra_id_0..99> sentinels, after the SentencePiece vocabulary
+
+
+def _train_t5_spiece(vocab_size: int = 200) -> bytes:
+    """A SentencePiece unigram model over TEXTS with T5's specials: <pad> 0, </s> 1, <unk> 2 and no BOS."""
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXTS * 4), model_writer=buf, model_type="unigram",
+                                   vocab_size=vocab_size, hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2,
+                                   bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", minloglevel=2)
+    return buf.getvalue()
+
+
+def build_gtr_t5(out: Path, seed: int = 0) -> Path:
+    """sentence-transformers/gtr-t5-base in miniature (2 layers, 16 wide) in the real repo's layout and quirks:
+
+    - a sentence-transformers pipeline (modules.json): 0 Transformer at the root, 1_Pooling (mean, in the legacy
+      pooling_mode_* keys), 2_Dense (square, no bias, torch.nn.modules.linear.Identity activation), 3 Normalize
+      (no folder in the repo), sentence_bert_config.json {"max_seq_length": 512, "do_lower_case": false};
+    - config.json of a T5EncoderModel (architectures ["T5EncoderModel"], model_type t5, is_encoder_decoder true,
+      the legacy "n_positions": 512): relative positions and NO max_position_embeddings, so nothing in the config
+      tells the input limit; only the tokenizer's model_max_length (512) and the pipeline's max_seq_length do, and
+      a longer text does not crash the model: it is encoded at relative positions it never saw;
+    - a SentencePiece unigram tokenizer (spiece.model, tokenizer.json) with <pad> 0, </s> 1, <unk> 2, no BOS, </s>
+      appended to every text, the 100 <extra_id_*> sentinels after the pieces, and the legacy tokenizer_config.json
+      (tokenizer_class T5Tokenizer, extra_ids 100, model_max_length 512);
+    - an embedding table larger than the tokenizer (32128 rows for 32100 tokens in the real one).
+    """
+    import sentencepiece as spm
+    import torch
+    from safetensors.torch import save_file
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    proto = _train_t5_spiece()
+    (out / "spiece.model").write_bytes(proto)
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    tok = T5Tokenizer(vocab=[(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())],
+                      extra_ids=GTR_EXTRA_IDS, model_max_length=512)
+    tok.save_pretrained(out)  # tokenizer.json; the config files are replaced by the repo's legacy ones below
+    extra = [f"<extra_id_{i}>" for i in range(GTR_EXTRA_IDS)]
+    specials = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    (out / "tokenizer_config.json").write_text(json.dumps(specials | {
+        "extra_ids": GTR_EXTRA_IDS, "additional_special_tokens": extra, "model_max_length": 512,
+        "special_tokens_map_file": None, "name_or_path": "t5-base", "tokenizer_class": "T5Tokenizer"}),
+        encoding="utf-8")
+    (out / "special_tokens_map.json").write_text(json.dumps(specials | {"additional_special_tokens": extra}),
+                                                 encoding="utf-8")
+    torch.manual_seed(seed)
+    vocab_size = -(-len(tok) // 64) * 64  # padded past the tokenizer, as 32128 > 32100
+    config = T5Config(vocab_size=vocab_size, d_model=GTR_WIDTH, d_kv=8, d_ff=32, num_layers=2, num_decoder_layers=2,
+                      num_heads=2, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                      feed_forward_proj="relu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    T5EncoderModel(config).save_pretrained(out)
+    saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    saved.pop("max_position_embeddings", None)
+    saved |= {"architectures": ["T5EncoderModel"], "is_encoder_decoder": True, "n_positions": 512, "use_cache": True,
+              "output_past": True}
+    (out / "config.json").write_text(json.dumps(saved, indent=2), encoding="utf-8")
+    (out / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+        {"idx": 3, "name": "3", "path": "3_Normalize", "type": "sentence_transformers.models.Normalize"}], indent=2),
+        encoding="utf-8")
+    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 512, "do_lower_case": False}),
+                                                   encoding="utf-8")
+    (out / "config_sentence_transformers.json").write_text(json.dumps({"__version__": {
+        "sentence_transformers": "2.2.0", "transformers": "4.7.0", "pytorch": "1.9.0+cu102"}}, indent=2),
+        encoding="utf-8")
+    write_json(out / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": GTR_WIDTH, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False})
+    write_json(out / "2_Dense" / "config.json", {"in_features": GTR_WIDTH, "out_features": GTR_WIDTH, "bias": False,
+                                                 "activation_function": "torch.nn.modules.linear.Identity"})
+    dense = torch.nn.Linear(GTR_WIDTH, GTR_WIDTH, bias=False)
+    save_file({"linear.weight": dense.weight.detach().contiguous()}, str(out / "2_Dense" / "model.safetensors"))
+    return out
+
+
 BUILDERS = {"causal": build_llama, "encoder": build_deberta, "bert": build_bert, "seq2seq": build_bart,
-            "sentence": copy_minilm}
+            "sentence": copy_minilm, "sentence_t5": build_gtr_t5}
 
 
 def build_models(cache: Path, work: Path, ids: dict[str, str]) -> None:
