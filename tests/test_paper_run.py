@@ -102,6 +102,7 @@ def paper_params(teacher_url: str, pullpush_url: str) -> dict:
                  yaml.safe_load((ROOT / "tests/paper_overlay.yaml").read_text()))
     for section, paper in config.TEACHER_STAGES:
         cfg[section][paper]["base_url"] = teacher_url
+    cfg["generate"]["big5chat"]["served"]["base_url"] = teacher_url  # the vLLM server of the student's adapters
     cfg["scrape"]["jic"]["pullpush_url"] = pullpush_url
     return cfg
 
