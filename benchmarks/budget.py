@@ -883,9 +883,11 @@ def est_generate_persllm(cfg: dict, f: dict) -> dict:
              for m in ("base", "sft", "dpo")]
     gpu = g["served"].get("gpu_memory_utilization", K["vllm_gpu_share"]) * 80 if vllm else \
         infer_gb(g["batch_size"], prompt + g["max_new_tokens"])
-    return stage(parts, gpu, jsonl_gb(3 * requests, 2200), f"3 models x {requests:,.0f} requests x <= "
-                 f"{g['max_new_tokens']} new tok, " + (f"vllm serve, {g['served']['max_concurrency']} streams" if vllm
-                                                        else f"HF generate, batch {g['batch_size']}"),
+    # vllm: the personified base (stage tokens added) is written to served.folder for the server, and kept
+    disk = jsonl_gb(3 * requests, 2200) + (W16_GB if vllm else 0)
+    return stage(parts, gpu, disk, f"3 models x {requests:,.0f} requests x <= {g['max_new_tokens']} new tok, " +
+                 (f"vllm serve, {g['served']['max_concurrency']} streams; the personified base in "
+                  f"{g['served']['folder']}" if vllm else f"HF generate, batch {g['batch_size']}"),
                  f"{f['persllm_test_inputs']:,} test inputs x (n_samples own + other stage + other characters) "
                  "(lib.persllm.evaluate on the mirror)", loads=3)
 

@@ -29,14 +29,27 @@ from lib.teacher import OpenAITeacher, TeacherError, TeacherFailure
 Messages = list[dict]
 
 
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's LoRAConfig accepts only these --max-lora-rank values
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest --max-lora-rank vLLM accepts that holds an adapter of `rank`."""
+    for allowed in VLLM_LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest --max-lora-rank ({VLLM_LORA_RANKS[-1]})")
+
+
 def serve_command(model: str, adapters: Mapping[str, str | Path], port: int, max_lora_rank: int,
-                  api_key_env: str | None, gpu_memory_utilization: float = 0.9) -> str:
-    """The `vllm serve` command line that holds `model` and every adapter under its name. vLLM reserves
-    `gpu_memory_utilization` of the GPU (its default 0.9); a stage that also loads the model itself needs less."""
+                  api_key_env: str | None, gpu_memory_utilization: float = 0.9, served_name: str | None = None) -> str:
+    """The `vllm serve` command line that holds `model` (under `served_name` if given) and every adapter under its
+    name. vLLM reserves `gpu_memory_utilization` of the GPU (its default 0.9); a stage that also loads the model
+    itself needs less. `max_lora_rank` is rounded up to a value vLLM accepts."""
     modules = " ".join(f"{name}={path}" for name, path in adapters.items())
     key = f" --api-key ${api_key_env}" if api_key_env else ""
-    return (f"vllm serve {model} --port {port}{key} --gpu-memory-utilization {gpu_memory_utilization:g} "
-            f"--enable-lora --max-lora-rank {max_lora_rank} --lora-modules {modules}")
+    name = f" --served-model-name {served_name}" if served_name else ""
+    return (f"vllm serve {model}{name} --port {port}{key} --gpu-memory-utilization {gpu_memory_utilization:g} "
+            f"--enable-lora --max-lora-rank {vllm_max_lora_rank(max_lora_rank)} --lora-modules {modules}")
 
 
 def adapter_rank(adapter_dir: str | Path) -> int:
@@ -52,11 +65,14 @@ class ServedStudent:
     """The student's base model and adapters behind one `vllm serve` endpoint.
 
     `cfg`: base_url, api_key_env, max_concurrency, max_retries (the stage's `served` params). `adapters` maps the
-    names requests use to the adapter directories the server must load.
+    names requests use to the adapter directories the server must load. `served_name`: the name the base model is
+    served and requested under when it is not `model` itself (a local folder, as PersLLM's personified base).
     """
 
-    def __init__(self, cfg: Mapping, model: str, adapters: Mapping[str, str | Path]):
-        self.model = model
+    def __init__(self, cfg: Mapping, model: str, adapters: Mapping[str, str | Path], served_name: str | None = None):
+        self.path = model
+        self.served_name = served_name
+        self.model = served_name or model
         self.adapters = dict(adapters)
         self.base_url = cfg["base_url"].rstrip("/")
         self.api_key_env = cfg.get("api_key_env")
@@ -68,7 +84,8 @@ class ServedStudent:
     def command(self) -> str:
         port = urllib.parse.urlsplit(self.base_url).port or 8000
         rank = max([adapter_rank(d) for d in self.adapters.values()] or [16])
-        return serve_command(self.model, self.adapters, port, rank, self.api_key_env, self.gpu_memory_utilization)
+        return serve_command(self.path, self.adapters, port, rank, self.api_key_env, self.gpu_memory_utilization,
+                             self.served_name)
 
     def check(self) -> list[str]:
         """The names the server holds; a TeacherError naming the missing ones (and the command) if any is absent."""
@@ -95,12 +112,20 @@ class ServedStudent:
                              max_retries=self.max_retries, timeout_s=self.timeout_s)
 
     def generate_chat(self, chats: Sequence[Messages], adapter: str | None, max_new_tokens: int,
-                      temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[str]:
-        """One reply per chat from the base model (`adapter` None) or the named adapter, stripped, in order."""
+                      temperature: float = 0.0, top_p: float = 1.0, seed: int | Sequence[int] = 0) -> list[str]:
+        """One reply per chat from the base model (`adapter` None) or the named adapter, stripped, in order.
+
+        `seed`: one seed for every request, or one per chat. vLLM seeds each request on its own, so two requests
+        with the same chat and seed get the same reply: samples meant to differ need their own seeds."""
         if adapter is not None and adapter not in self.adapters:
             raise ValueError(f"adapter {adapter!r} is not one this stage serves: {sorted(self.adapters)}")
-        sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-        replies = self._client(adapter or self.model).generate(list(chats), sampling)
+        chats = list(chats)
+        seeds = [seed] * len(chats) if isinstance(seed, int) else [int(s) for s in seed]
+        if len(seeds) != len(chats):
+            raise ValueError(f"{len(seeds)} seeds for {len(chats)} chats")
+        samplings = [Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=s)
+                     for s in seeds]
+        replies = self._client(adapter or self.model).generate(chats, samplings)
         # A student may well stop at once: an empty reply is an answer (as from generate), any other failure is not.
         failed = [(i, r) for i, r in enumerate(replies) if isinstance(r, TeacherFailure) and r.reason != "empty_reply"]
         if failed:

@@ -240,16 +240,17 @@ class OpenAITeacher:
                 await asyncio.sleep(self._delay(attempt))
         raise self._error(f"{last} from {self.url}: giving up after {self.max_retries + 1} attempts")
 
-    async def agenerate(self, prompts: Sequence[Messages], sampling: Sampling,
+    async def agenerate(self, prompts: Sequence[Messages], sampling: Sampling | Sequence[Sampling],
                         on_reply: Callable[[int, str], None] | None = None) -> list[str]:
         """Async form of `generate`, for callers that already run an event loop."""
         import httpx
 
+        samplings = _per_prompt(sampling, len(prompts))
         sem = asyncio.Semaphore(self.max_concurrency)
         limits = httpx.Limits(max_connections=self.max_concurrency)
 
         async def one(client, i: int, messages: Messages) -> str:
-            reply = await self._one(client, sem, messages, sampling)
+            reply = await self._one(client, sem, messages, samplings[i])
             if on_reply is not None:
                 on_reply(i, reply)
             return reply
@@ -266,9 +267,10 @@ class OpenAITeacher:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
 
-    def generate(self, prompts: Sequence[Messages], sampling: Sampling,
+    def generate(self, prompts: Sequence[Messages], sampling: Sampling | Sequence[Sampling],
                  on_reply: Callable[[int, str], None] | None = None) -> list[str]:
-        """One reply per chat, in order, at most `max_concurrency` requests in flight.
+        """One reply per chat, in order, at most `max_concurrency` requests in flight. `sampling`: one for every
+        chat, or one per chat (e.g. each with its own seed).
 
         A chat whose request fails for good on its own gets a `TeacherFailure`, and the rest of the batch
         is kept; `on_reply(i, reply)` is called as soon as chat i's reply (or failure) is final. Raises
@@ -277,6 +279,15 @@ class OpenAITeacher:
         if not prompts:
             return []
         return _run_sync(lambda: self.agenerate(prompts, sampling, on_reply))
+
+
+def _per_prompt(sampling: Sampling | Sequence[Sampling], n: int) -> list[Sampling]:
+    if isinstance(sampling, Sampling):
+        return [sampling] * n
+    samplings = list(sampling)
+    if len(samplings) != n:
+        raise ValueError(f"{len(samplings)} samplings for {n} chats")
+    return samplings
 
 
 # --------------------------------------------------------------------------------------------------

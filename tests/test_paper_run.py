@@ -45,6 +45,7 @@ ENDPOINT_KEYS = {"base_url", "pullpush_url"}
 # cache holds no copy of it (no one may redistribute it), so the paper run leaves it out and says so here.
 GATED_KEYS = {"hub_tasks"}
 SERVED_ADAPTERS = ("sft", "dpo")  # the names 11_generate_big5chat's vllm backend requests its adapters by
+SERVED_PERSLLM = ("persllm-base", "persllm-sft", "persllm-dpo")  # 11_generate_persllm's (lib/persllm/serve.py)
 MODEL_KINDS = {"meta-llama/Meta-Llama-3-8B-Instruct": "causal", "microsoft/deberta-large": "encoder",
                "google-bert/bert-base-uncased": "bert", "facebook/bart-base": "seq2seq",
                "sentence-transformers/all-MiniLM-L6-v2": "sentence",
@@ -102,7 +103,8 @@ def paper_params(teacher_url: str, pullpush_url: str) -> dict:
                  yaml.safe_load((ROOT / "tests/paper_overlay.yaml").read_text()))
     for section, paper in config.TEACHER_STAGES:
         cfg[section][paper]["base_url"] = teacher_url
-    cfg["generate"]["big5chat"]["served"]["base_url"] = teacher_url  # the vLLM server of the student's adapters
+    for paper in ("big5chat", "persllm"):  # the vLLM servers of the students' adapters
+        cfg["generate"][paper]["served"]["base_url"] = teacher_url
     cfg["scrape"]["jic"]["pullpush_url"] = pullpush_url
     return cfg
 
@@ -285,7 +287,8 @@ def paper_run(tmp_path_factory):
     # As `vllm serve` and a hosted API would: the one fake endpoint holds the teachers' models, the student's base
     # and the adapter names the served generation stages request, and answers 404 for any other name.
     params = yaml.safe_load((ROOT / "params/paper.yaml").read_text())
-    served = sorted({b["model"] for b in _teacher_blocks(params)} | {params["models"]["student"], *SERVED_ADAPTERS})
+    served = sorted({b["model"] for b in _teacher_blocks(params)} | {params["models"]["student"], *SERVED_ADAPTERS,
+                                                                *SERVED_PERSLLM})
     with FakeTeacherServer(scripted_dialogue_reply, required_key=SECRET, served_models=served) as teacher, \
             FakePullPush(_journal_posts()) as pullpush:
         (repo / "params.yaml").write_text(re.sub(r"(?m)^profile: \w+", "profile: paper",
@@ -299,7 +302,8 @@ def paper_run(tmp_path_factory):
         if proc.returncode != 0:
             raise AssertionError(f"paper run failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}")
         yield {"repo": repo, "env": env, "proc": proc, "seconds": seconds, "pullpush": pullpush.requests,
-               "requests": [{k: p.get(k) for k in ("model", "seed", "temperature")} for p in teacher.payloads],
+               "requests": [{k: p.get(k) for k in ("model", "seed", "temperature", "messages")}
+                            for p in teacher.payloads],
                "calls": [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []}
 
 
@@ -419,6 +423,25 @@ def test_big5chat_released_data_and_reasoning_on_the_paper_path(paper_run):
             assert rest.index("<|eot_id|>") < rest.index("<|start_header_id|>user")
         else:
             assert rest.startswith("<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"), rest[:200]
+
+
+def test_persllm_generation_goes_through_the_served_models(paper_run):
+    """generate.persllm.backend = vllm: the personified base and the two stacked adapters are prepared on disk and
+    every request names one of them, each with its own seed (the two samples of an input must differ)."""
+    m = json.loads((paper_run["repo"] / "reports/metrics/11_generate_persllm.json").read_text())
+    assert m["backend"] == "vllm" and m["requests_per_model"] > 0
+    served = paper_run["repo"] / "models/served/persllm"
+    assert (served / "prepared.json").is_file()
+    ranks = {d: json.loads((served / d / "adapter_config.json").read_text())["r"] for d in ("sft", "dpo")}
+    assert ranks["dpo"] > ranks["sft"]  # SFT and DPO stacked into one adapter
+    by_model = {}
+    for r in paper_run["requests"]:
+        by_model.setdefault(r["model"], []).append(r)
+    for name in ("persllm-base", "persllm-sft", "persllm-dpo"):
+        reqs = by_model.get(name, [])
+        assert len(reqs) == m["requests_per_model"], (name, len(reqs))
+        assert len({r["seed"] for r in reqs}) == len(reqs), f"{name}: requests share a seed"
+        assert all(r["messages"][-1]["content"].startswith("<TIME-") for r in reqs)
 
 
 def test_big5chat_generation_goes_through_the_served_adapters(paper_run):

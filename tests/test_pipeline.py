@@ -7,6 +7,7 @@ These tests take a few minutes: they are the proof that a fresh clone's pipeline
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -445,3 +446,81 @@ def test_sigkill_mid_generation_then_rerun_keeps_the_experts_and_finished_chunks
         assert (out / "COMPLETE").exists()
     finally:
         _dvc(repo, "repro")
+
+
+# Every long paper-profile stage resumes after kill -9 (issue: the paper profile at scale). Each is killed on tiny
+# once it has written part of its output, then re-run: what it had written stays (a file written whole is untouched,
+# an appended one keeps its lines in front), and the finished output holds what the uninterrupted run wrote, each
+# record once. The teacher stages are slowed and their reply cache cleared first, so the kill lands mid-run.
+KILLED_STAGES = {  # stage: (output folder, teacher stage?)
+    "05_label_dpg": ("data/dpg/05_label", False),  # tiny reads by log-likelihood: one file per sample set, whole
+    "05_label_persllm": ("data/persllm/05_label", True),
+    "06_synthesize_pchat": ("data/pchat/06_synthesize", True),
+    "11_generate_persllm": ("data/persllm/11_generate", False),
+    "12_reasoning_big5chat": ("data/big5chat/12_reasoning", False),
+}
+
+
+def _records(folder: Path) -> dict:
+    """Every JSONL file under folder (not set-aside copies): relative path -> its lines."""
+    return {str(p.relative_to(folder)): p.read_text(encoding="utf-8").splitlines()
+            for p in sorted(folder.rglob("*.jsonl")) if ".stale-" not in str(p) and not p.name.startswith(".")}
+
+
+def _stage_outputs(repo: Path, stage: str) -> list[Path]:
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"][stage]
+    entries = [e for key in ("outs", "metrics", "plots") for e in spec.get(key, [])]
+    return [repo / (e if isinstance(e, str) else next(iter(e))) for e in entries]
+
+
+@pytest.mark.parametrize("stage", list(KILLED_STAGES))
+def test_sigkill_mid_stage_then_rerun_keeps_what_was_written(tiny_run, teacher, stage, tmp_path):
+    repo, _, _ = tiny_run
+    folder, slow = KILLED_STAGES[stage]
+    out = repo / folder
+    finished = _records(out)
+    assert finished and (out / "COMPLETE").exists()
+    cache = repo / "data/cache/teacher.sqlite"
+    # The stage's outputs, the lock and the reply cache as the first run left them, put back at the end: a resumed
+    # teacher stage appends in the order replies arrive, which would change its output's hash and re-run everything
+    # downstream in the tests that follow.
+    saved = tmp_path / "saved"
+    keep = [p for p in [*_stage_outputs(repo, stage), repo / "dvc.lock", cache] if p.exists()]
+    for i, p in enumerate(keep):
+        (shutil.copytree if p.is_dir() else shutil.copy2)(p, saved / str(i))
+
+    def written_since(t0: int) -> dict:
+        return {rel: lines for rel, lines in _records(out).items() if lines and (out / rel).stat().st_mtime_ns > t0}
+
+    try:
+        if slow:
+            cache.unlink(missing_ok=True)
+            teacher.delay_s = 0.3
+        t0 = time.time_ns()
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-s", "-f", stage], cwd=repo, env=_env(repo),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and not written_since(t0) and proc.poll() is None:
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kept = written_since(t0)
+        assert kept and not (out / "COMPLETE").exists(), f"the kill missed the run of {stage}"
+        assert sum(map(len, kept.values())) < sum(map(len, finished.values())), "the kill did not land mid-run"
+        teacher.delay_s = 0.0
+        _dvc(repo, "repro", "-s", stage)
+        after = _records(out)
+        for rel, lines in kept.items():
+            assert after[rel][:len(lines)] == lines, f"{stage}: {rel} lost what the killed run wrote"
+        assert {rel: sorted(lines) for rel, lines in after.items()} == \
+            {rel: sorted(lines) for rel, lines in finished.items()}, f"{stage}: the resumed run wrote other records"
+        assert (out / "COMPLETE").exists()
+    finally:
+        teacher.delay_s = 0.0
+        for i, p in enumerate(keep):
+            if p.is_dir():
+                shutil.rmtree(p)
+            (shutil.copytree if (saved / str(i)).is_dir() else shutil.copy2)(saved / str(i), p)
+        for stale in out.parent.glob(out.name + ".stale-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        assert _dvc(repo, "status", stage).stdout.strip().endswith("up to date."), "the stage was not put back"

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from lib import psychometrics
-from lib.served import ServedStudent, adapter_rank, serve_command
+from lib.served import ServedStudent, adapter_rank, serve_command, vllm_max_lora_rank
 from lib.teacher import TeacherError
 from tests.fake_teacher import ErrorReply, FakeTeacherServer
 
@@ -99,3 +99,26 @@ def test_serve_command_and_rank(tmp_path):
         f"vllm serve {BASE} --port 8002 --gpu-memory-utilization 0.9 --enable-lora --max-lora-rank 16 --lora-modules sft=a/b"
     with pytest.raises(ValueError, match="cannot read the adapter's rank"):
         adapter_rank(tmp_path)
+
+
+def test_seeds_per_chat_rank_rounding_and_a_served_name(tmp_path, monkeypatch):
+    """Two samples of one chat need their own seeds (vLLM seeds each request alone); --max-lora-rank takes only the
+    values vLLM accepts; a local folder is served and requested under its --served-model-name."""
+    monkeypatch.setenv("VLLM_TEST_KEY", KEY)
+    adapters = _adapters(tmp_path, ranks=(16, 24))
+    with FakeTeacherServer(lambda m: "ok", required_key=KEY, served_models=["persllm-base", "sft", "dpo"]) as server:
+        student = ServedStudent({"base_url": server.base_url, "api_key_env": "VLLM_TEST_KEY"}, "/work/base", adapters,
+                                served_name="persllm-base")
+        assert student.check() == ["persllm-base", "sft", "dpo"]
+        chat = [{"role": "user", "content": "same"}]
+        assert student.generate_chat([chat, chat, chat], None, max_new_tokens=4, seed=[5, 9, 5]) == ["ok"] * 3
+        assert sorted(p["seed"] for p in server.payloads) == [5, 5, 9]
+        assert {p["model"] for p in server.payloads} == {"persllm-base"}
+        with pytest.raises(ValueError, match="2 seeds for 3 chats"):
+            student.generate_chat([chat] * 3, None, max_new_tokens=4, seed=[1, 2])
+        cmd = student.command()
+        assert cmd.startswith("vllm serve /work/base --served-model-name persllm-base --port ") and \
+            "--max-lora-rank 32 " in cmd  # rank 24 rounds up to vLLM's 32
+    assert [vllm_max_lora_rank(r) for r in (1, 8, 9, 16, 40, 300, 512)] == [8, 8, 16, 16, 64, 320, 512]
+    with pytest.raises(ValueError, match="exceeds vLLM's largest"):
+        vllm_max_lora_rank(513)

@@ -45,6 +45,14 @@ def requests(items: Sequence[Mapping], names: Mapping[str, str], available: Mapp
     return reqs
 
 
+def request_seed(seed: int, req_id: str) -> int:
+    """A request's own sampling seed (served backend): fixed by the run's seed and the request id alone, so it does
+    not depend on batching or on a resumed run, and two samples of one chat (ids differ in `sample`) differ."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}|{req_id}".encode()).digest()[:4], "big") % 2**31
+
+
 def request_chat(req: Mapping, stages: Sequence[Mapping], system_template: str) -> list[dict]:
     """The chat of one request (an unknown stage is an error naming the known stage tokens)."""
     return prompt(req["name"], stage_token(stages, req["stage"]), req["input"], system_template)
