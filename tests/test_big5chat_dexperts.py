@@ -305,3 +305,29 @@ def test_shared_prompts_are_prefilled_once_and_decode_as_if_alone(experts):
     (stream,) = streams
     # base rows: CHATS[0] thrice + CHATS[1]; expert rows: (O_high, chat 2) thrice + (O_low, chat 0) -> 2 + 2 distinct
     assert len(stream.prefill_ids) == 4 and stream.expand.tolist() == [0, 0, 1, 0, 2, 3, 2, 2]
+
+
+@pytest.mark.parametrize("mode", ["batched", "base"])
+def test_stop_tokens_end_each_reply_as_plain_generate_does(varied_dir, experts, base_greedy, mode, monkeypatch):
+    """The loop reads tokens back once per chunk and looks for the end only every STOP_CHECK_EVERY steps: each reply
+    must still end at its own first stop token, as transformers' generate with that EOS gives, and a chunk whose
+    replies have all stopped must stop decoding."""
+    ids0 = base_greedy[0]
+    at = next(k for k in range(2, len(ids0)) if ids0[k] not in ids0[:k])  # a token first drawn at step >= 2
+    stop = ids0[at]
+    monkeypatch.setattr(dexperts.decoding, "stop_ids", lambda tokenizer, model: [stop])
+    n_new = 3 * dexperts.STOP_CHECK_EVERY
+    model, tok = load_for_inference(varied_dir)
+    want = []
+    for chat in CHATS:
+        enc = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        out = model.generate(**enc, max_new_tokens=n_new, do_sample=False, eos_token_id=stop, pad_token_id=stop)
+        want.append(out[0, enc["input_ids"].shape[1]:].tolist())
+    assert want[0][-1] == stop and len(want[0]) == at + 1
+    _, stats = run(experts, mode=mode, alpha=0.0, batch_size=3, max_new_tokens=n_new)
+    assert stats.token_ids == want
+    if all(ids[-1] == stop for ids in want):  # every reply stopped: the chunk ends at the next check
+        assert stats.forwards < n_new * (1 if mode != "separate" else 4)
+    _, one = run(experts, mode=mode, alpha=0.0, batch_size=1, max_new_tokens=n_new,
+                      expert_names=("O_high",) * 3)
+    assert one.token_ids[0] == want[0] and one.forwards < n_new * 3  # the first chunk stopped early

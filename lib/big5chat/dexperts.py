@@ -231,6 +231,16 @@ class _Stream:
     expand: Any  # LongTensor (rows,): row -> distinct row
     mask: Any = None  # LongTensor (rows, tokens so far), set by prefill
     cache: Any = None
+    role_rows: dict = field(default_factory=dict)  # role -> (its rows, their samples), built once per chunk
+
+    def __post_init__(self):
+        import torch
+
+        for role in ROLES:
+            rows = [r for r, rr in enumerate(self.roles) if rr == role]
+            if rows:
+                idx = torch.tensor(rows, dtype=torch.long, device=self.samples.device)
+                self.role_rows[role] = (idx, self.samples[idx])
 
     def prefill(self):
         """Run the distinct padded prompts once, copy cache and logits to every row; returns (rows, vocab) logits."""
@@ -314,16 +324,16 @@ class _Decoding:
 
 
 def _by_role(streams: list[_Stream], logits: list, n_samples: int) -> dict:
-    """Scatter each stream's logits into per-role (samples, vocab) tensors; absent anti-experts stay zero."""
+    """Scatter each stream's logits into per-role (samples, vocab) tensors; absent anti-experts stay zero. The row
+    indices of each role are built once per chunk (`_Stream.role_rows`), not at every step: per-step host work is
+    what limits a GPU at large batch (benchmarks/dexperts_host_overhead.py)."""
     import torch
 
     vocab = logits[0].shape[-1]
     out = {role: torch.zeros(n_samples, vocab, dtype=logits[0].dtype, device=logits[0].device) for role in ROLES}
     for stream, rows_logits in zip(streams, logits):
-        for role in ROLES:
-            rows = [r for r, rr in enumerate(stream.roles) if rr == role]
-            if rows:
-                out[role][stream.samples[rows]] = rows_logits[rows]
+        for role, (rows, samples) in stream.role_rows.items():
+            out[role][samples] = rows_logits[rows]
     return out
 
 
@@ -335,13 +345,23 @@ def _combine(by_role: dict, alpha: float, expert_joined: bool, has_anti: bool):
     return logits - alpha * by_role["anti"] if has_anti else logits
 
 
+STOP_CHECK_EVERY = 8  # decoding steps between looks at whether every sample has stopped (each look waits on the GPU)
+
+
 def _decode_chunk(streams: list[_Stream], d: _Decoding, n_samples: int) -> tuple[list[list[int]], int, float]:
-    """Decode one chunk of samples: (new token ids per sample, number of forwards, prefill seconds)."""
+    """Decode one chunk of samples: (new token ids per sample, number of forwards, prefill seconds).
+
+    The loop keeps its state on the device and reads nothing back per step, so on a GPU the host queues the next
+    step's kernels while the current ones run. Only every STOP_CHECK_EVERY steps does it ask whether all samples
+    have stopped; steps run past that point are trimmed away (the tokens are those of stopping at once: a sample's
+    reply ends at its first stop token, and no live sample's draw depends on them)."""
     import torch
 
     has_anti = any("anti" in s.roles for s in streams)
-    new: list[list[int]] = [[] for _ in range(n_samples)]
-    done = [False] * n_samples
+    device = streams[0].samples.device
+    stop = torch.tensor(sorted(d.stop_ids), dtype=torch.long, device=device)
+    finished = torch.zeros(n_samples, dtype=torch.bool, device=device)
+    drawn = []
     with torch.inference_mode():
         start = time.perf_counter()
         logits = [s.prefill() for s in streams]
@@ -351,15 +371,19 @@ def _decode_chunk(streams: list[_Stream], d: _Decoding, n_samples: int) -> tuple
             by_role = _by_role(streams, logits, n_samples)
             tokens = decoding.next_tokens(_combine(by_role, d.alpha, step >= d.join_after, has_anti), d.sampling,
                                           d.generator)
-            for i, token in enumerate(tokens.tolist()):
-                if not done[i]:
-                    new[i].append(token)
-                    done[i] = token in d.stop_ids
-            if all(done) or step == d.sampling.max_new_tokens - 1:
+            drawn.append(tokens)
+            finished = finished | torch.isin(tokens, stop)
+            if step == d.sampling.max_new_tokens - 1:
                 break
-            tokens = tokens.masked_fill(torch.tensor(done, device=tokens.device), d.pad_id)  # finished: filler
+            if (step + 1) % STOP_CHECK_EVERY == 0 and bool(finished.all()):
+                break
+            tokens = tokens.masked_fill(finished, d.pad_id)  # finished: filler
             logits = [s.step(tokens[s.samples]) for s in streams]
             forwards += len(streams)
+    new = []
+    for ids in torch.stack(drawn, dim=1).tolist():  # one read-back per chunk
+        end = next((k + 1 for k, t in enumerate(ids) if t in d.stop_ids), len(ids))
+        new.append(ids[:end])
     return new, forwards, prefill_seconds
 
 
