@@ -1,12 +1,20 @@
 """The data set-up step (lib/fetch_data.py) against a local HTTP server, and its manifest against the mirror.
 
-The server is a thread serving a temp copy of a few small mirror files; nothing here touches the network.
+The server is a thread serving a temp copy of a few small mirror files; nothing here touches the network. The
+derived files' upstream files are built here from the mirror's own files (the inverse of each conversion), so the
+tests check the rebuild without holding any upstream data; the recorded upstream checksums were checked once against
+the real upstream files, when they were recorded.
 """
+import csv
 import dataclasses
+import hashlib
 import io
+import json
+import math
 import os
 import sys
 import threading
+import urllib.parse
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -127,10 +135,12 @@ def test_base_url_fetches_mirror_paths_including_derived_files(server, manifest,
     assert all((tmp_path / e.path).read_bytes() == (MIRROR / e.path).read_bytes() for e in entries)
 
 
-def test_derived_file_without_base_url_is_an_error_that_says_what_to_do(manifest, tmp_path, monkeypatch):
+def test_derived_file_without_a_recipe_is_an_error_that_says_what_to_do(manifest, tmp_path, monkeypatch):
     monkeypatch.setattr(fd, "_open", lambda url: pytest.fail(f"no download expected, got {url}"))
+    rel = "instruments/bfi_44.csv"
+    entry = dataclasses.replace(manifest[rel], derive=None, derived=f"{fd.DERIVED[rel]}; not published verbatim")
     with pytest.raises(fd.FetchError) as err:
-        fd.fetch(dest=tmp_path, entries=[manifest["instruments/bfi_44.csv"]], log=quiet)
+        fd.fetch(dest=tmp_path, entries=[entry], log=quiet)
     msg = str(err.value)
     assert "instruments/bfi_44.csv" in msg and "PsychoBench" in msg and "--base-url" in msg
     assert "Copy it from a machine that has the mirror" in msg
@@ -201,8 +211,16 @@ def test_manifest_covers_dvc_deps_and_every_profile(manifest):
     for e in manifest.values():
         if e.url is None:
             assert e.derived and e.member is None, e.path
+            assert e.derive and e.path in fd.CONVERSIONS, f"{e.path}: derived, but no recipe to rebuild it"
+            for source in e.derive:
+                assert pinned(source.url) and source.size > 0 and len(source.sha256) == 64, source
         else:
-            assert e.url.startswith(fd.RAW + "/") and len(e.url.split("/")[5]) == 40, e.url  # a pinned commit
+            assert pinned(e.url) and e.derive is None, e.url
+
+
+def pinned(url: str) -> bool:
+    """A raw GitHub URL at a full commit id."""
+    return url.startswith(fd.RAW + "/") and len(url.split("/")[5]) == 40
 
 
 def _strings(node, keys=()):
@@ -269,3 +287,160 @@ def test_an_unwritable_destination_is_an_error_naming_the_file(server, manifest,
     with pytest.raises(fd.FetchError, match=f"{SMALL[0]}: cannot write"):
         fd.fetch(dest=tmp_path, base_url=server.url + "/mirror", entries=entries, log=quiet)
     assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Derived files rebuilt from their upstream files. Each `upstream_*` builds, from the mirror file, upstream files in
+# the format the conversion reads (the inverse of the conversion), in DERIVE_SOURCES order.
+
+
+def _csv_rows(rel: str) -> list[list[str]]:
+    csv.field_size_limit(1 << 30)
+    with (MIRROR / rel).open(newline="", encoding="utf-8") as fh:
+        return list(csv.reader(fh))[1:]
+
+
+def upstream_essays() -> list[bytes]:
+    """fastText test folds per split and trait. The cEXT folds follow the split column; the other traits spread the
+    essays over their folds differently (rotated, reversed), as upstream, so labels must be found by text."""
+    rows = _csv_rows("essays/essays.csv")
+    folds = []
+    for split in range(fd.ESSAY_SPLITS):
+        for j, trait in enumerate(fd.ESSAY_TRAITS):
+            fold = str((split + j) % fd.ESSAY_SPLITS)
+            chosen = [r for r in rows if r[0] == fold]
+            chosen = chosen if j == 0 else chosen[::-1]
+            folds.append("".join(f"__label__label{r[2 + j]} {r[1]}\n" for r in chosen).encode("utf-8"))
+    return folds
+
+
+def upstream_soda() -> list[bytes]:
+    """An evaluation file: three generated turns per scenario, each line carrying the scenario; null written NaN."""
+    lines = []
+    for idx, line in enumerate((MIRROR / "soda/soda_20.jsonl").read_text(encoding="utf-8").splitlines()):
+        info = {k: math.nan if v is None else v for k, v in json.loads(line).items()}
+        for turn in (0, 1, 1):
+            lines.append(json.dumps({"env_idx": idx, "env_info": info, "turn": turn, "prompt": "p", "response": "r"}))
+    return ["\n".join(lines).encode("utf-8") + b"\n"]
+
+
+def upstream_bfi() -> list[bytes]:
+    """questionnaires.json: another questionnaire first, then "BFI" with its items in reverse order."""
+    rows = _csv_rows("instruments/bfi_44.csv")
+    domains = dict.fromkeys(r[2] for r in rows)
+    bfi = {"name": "BFI", "questions": {r[0]: r[1] for r in rows[::-1]}, "scale": 6,
+           "reverse": [int(r[0]) for r in rows if r[3] == "-1"],
+           "categories": [{"cat_name": d, "cat_questions": [int(r[0]) for r in rows if r[2] == d]} for d in domains]}
+    return [json.dumps([{"name": "EPQ-R", "questions": {"1": "x"}}, bfi], indent=2).encode("utf-8")]
+
+
+def upstream_ipip() -> list[bytes]:
+    """questions.json, factors.json (with upstream's placeholders for items 31, 61, 91) and reverse.py."""
+    rows = _csv_rows("instruments/ipip_neo_120.csv")
+    questions = {"questions": [{"id": int(r[0]), "text": r[1]} for r in rows], "select": []}
+    factors = {"factors": [{"id_question": r[0], "key": r[3], "facet": r[4]} if r[0] not in ("31", "61", "91")
+                           else {"id_question": r[0], "key": "key", "facet": "facet"} for r in rows]}
+    reverse = [int(r[0]) for r in rows if r[5] == "-1"]
+    code = ('"""Reverse-keyed items."""\n\nIPIP_NEO_ITEMS_REVERSED_300 = [1, 2]\n\n'
+            "IPIP_NEO_ITEMS_REVERSED_120 = [\n" + "".join(f"    {i},\n" for i in reverse) + "]\n")
+    return [json.dumps(questions, indent=3).encode(), json.dumps(factors, indent=3).encode(), code.encode()]
+
+
+UPSTREAM = {"essays/essays.csv": upstream_essays, "soda/soda_20.jsonl": upstream_soda,
+            "instruments/bfi_44.csv": upstream_bfi, "instruments/ipip_neo_120.csv": upstream_ipip}
+
+
+def serve_upstream(server: Server, entry: fd.Entry, files: list[bytes]) -> fd.Entry:
+    """Serve `files` at the entry's recorded upstream paths on the local server (raw GitHub's base moved there).
+
+    Returns the entry with its sources moved to the server and their checksums set to the bytes served: those are
+    built from the mirror, so the recorded checksums (of the real upstream files) cannot match them."""
+    sources = []
+    for source, body in zip(entry.derive, files, strict=True):
+        url = source.url.replace(fd.RAW, server.url + "/raw", 1)
+        server.routes[urllib.parse.urlsplit(url).path] = ("ok", body)
+        sources.append(fd.Source(url, len(body), hashlib.sha256(body).hexdigest()))
+    return dataclasses.replace(entry, derive=tuple(sources))
+
+
+def files_under(dest: Path) -> list[str]:
+    """Every file and folder under `dest` but the folders on the way to a file (temporary folders included)."""
+    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    empty = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_dir() and not any(p.iterdir()))
+    return files + empty
+
+
+def test_every_derived_file_has_a_conversion_and_a_test():
+    assert set(fd.DERIVE_SOURCES) == set(fd.CONVERSIONS) == set(UPSTREAM)
+    assert set(fd.DERIVE_SOURCES) <= set(fd.DERIVED)
+
+
+@pytest.mark.parametrize("rel", sorted(UPSTREAM))
+def test_a_derived_file_is_rebuilt_byte_for_byte_from_its_upstream_files(rel, server, manifest, tmp_path):
+    entry = serve_upstream(server, manifest[rel], UPSTREAM[rel]())
+    result = fd.fetch(dest=tmp_path, entries=[entry], log=quiet)
+    assert (result.present, result.fetched) == (0, 1)
+    assert (tmp_path / rel).read_bytes() == (MIRROR / rel).read_bytes()
+    assert sorted(server.requests) == sorted(urllib.parse.urlsplit(s.url).path for s in entry.derive)
+    assert files_under(tmp_path) == [rel]  # no upstream file, temporary folder or .partial left
+
+    before = len(server.requests)
+    again = fd.fetch(dest=tmp_path, entries=[entry], log=quiet)
+    assert (again.present, again.fetched) == (1, 0) and len(server.requests) == before
+
+
+def test_recorded_upstream_checksums_reject_other_bytes(server, manifest, tmp_path):
+    """The real entry's sources, served with other bytes of the same length: the recorded SHA-256 tells them apart."""
+    rel = "instruments/bfi_44.csv"
+    (body,) = UPSTREAM[rel]()
+    (source,) = manifest[rel].derive
+    body = (body + b" " * source.size)[: source.size]  # the recorded length, other bytes
+    entry = serve_upstream(server, manifest[rel], [body])
+    entry = dataclasses.replace(entry, derive=(dataclasses.replace(entry.derive[0], sha256=source.sha256),))
+    with pytest.raises(fd.FetchError, match=f"{rel}: sha256 .* of the file from upstream file .*questionnaires.json"):
+        fd.fetch(dest=tmp_path, entries=[entry], log=quiet)
+    assert files_under(tmp_path) == ["instruments"]
+
+
+@pytest.mark.parametrize("fault", ["checksum", "size", "404", "cut", "result", "unreadable"])
+def test_a_bad_upstream_file_raises_naming_file_and_url_and_leaves_nothing(fault, server, manifest, tmp_path):
+    rel = "instruments/ipip_neo_120.csv"
+    files = upstream_ipip()
+    if fault == "result":  # upstream files that convert into other bytes than the manifest's, of the same length
+        files[0] = files[0].replace(b"Worry about things.", b"Worry about THINGS.")
+    elif fault == "unreadable":  # verified bytes that the conversion cannot read
+        files[1] = b'{"factors": "none"}'
+    entry = serve_upstream(server, manifest[rel], files)
+    bad = entry.derive[1]  # factors.json: one upstream file arrives before it, one is still to come
+    route = urllib.parse.urlsplit(bad.url).path
+    body = server.routes[route][1]
+    if fault == "checksum":  # same length, one byte changed: only the SHA-256 can tell
+        server.routes[route] = ("ok", body[:-1] + bytes([body[-1] ^ 1]))
+    elif fault == "size":
+        server.routes[route] = ("ok", body + b"\n")
+    elif fault == "404":
+        del server.routes[route]
+    elif fault == "cut":  # Content-Length promises the whole file; the connection closes halfway
+        server.routes[route] = ("cut", body)
+    with pytest.raises(fd.FetchError) as err:
+        fd.fetch(dest=tmp_path, entries=[entry], log=quiet)
+    msg = str(err.value)
+    expected = {"checksum": "sha256", "size": "sends more than", "404": "HTTP 404", "cut": "closed after",
+                "result": "sha256", "unreadable": "cannot rebuild it from 3 upstream files"}[fault]
+    assert rel in msg and expected in msg
+    assert (entry.derive[0].url if fault in ("result", "unreadable") else bad.url) in msg
+    assert files_under(tmp_path) == ["instruments"]  # the folder it made; no file, .partial or temporary folder
+
+
+def test_a_derived_file_from_a_hosted_mirror_is_downloaded_not_rebuilt(server, manifest, tmp_path):
+    rel = "essays/essays.csv"
+    entries = hosted(server, manifest, (rel,))
+    assert entries[0].derive
+    result = fd.fetch(dest=tmp_path, base_url=server.url + "/mirror/", entries=entries, log=quiet)
+    assert result.fetched == 1 and server.requests == [f"/mirror/{rel}"]
+    assert (tmp_path / rel).read_bytes() == (MIRROR / rel).read_bytes()
+
+
+def test_manifest_entries_round_trip_with_their_upstream_files(manifest):
+    for entry in manifest.values():
+        assert fd.Entry.from_json(json.loads(json.dumps(entry.as_json()))) == entry
