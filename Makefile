@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum requirements.txt environment.yml | cks
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: main test setup data lint lab
+.PHONY: main test setup data lint lab params
 
 setup: $(STAMP) data
 
@@ -30,6 +30,9 @@ main: setup
 
 test: setup
 	$(PY) -m pytest
+
+params: $(STAMP)  ## params/{paper,cpu,tiny}.yaml from params/base.yaml + params/profiles/
+	$(PY) -m lib.params
 
 lint: $(STAMP)
 	$(PY) -m ruff check lib tests benchmarks notebooks

@@ -207,6 +207,26 @@ def test_reply_rows_one_per_reply_to_someone_else():
     assert one[1]["prompt"][1]["content"] == "Hermione Granger: m5"
 
 
+def test_training_rows_split_and_cap_each_split_with_a_seeded_sample():
+    """08_sft_dpg and 10_hypernet_dpg call this one function: the same rows for the baseline and the hypernetwork."""
+    def sample(k, split):
+        return {"sample_id": f"hp:{k}:harry-potter", "character": "Harry Potter", "info": {"name": "Harry Potter"},
+                "split": split, "turns": [{"speaker": "Ron Weasley", "text": f"r{k}"},
+                                          {"speaker": "Harry Potter", "text": f"h{k}"}]}
+
+    samples = [sample(k, "train" if k < 6 else "heldout") for k in range(8)]
+    vectors = {s["sample_id"]: VECTOR for s in samples}
+    sft = {"context_turns": 1, "max_rows": 4, "seed": 0}
+    rows, stats = dpg.training_rows(samples, vectors, PERSONA, sft)
+    assert len(rows["train"]) == 4 and len(rows["heldout"]) == 2 and stats["train"]["rows"] == 6
+    assert {r["sample_id"] for r in rows["heldout"]} == {"hp:6:harry-potter", "hp:7:harry-potter"}
+    assert rows == dpg.training_rows(samples, vectors, PERSONA, sft)[0]  # seeded: the same rows every call
+    other = dpg.training_rows(samples, vectors, PERSONA, {**sft, "seed": 1})[0]["train"]
+    assert {r["sample_id"] for r in other} != {r["sample_id"] for r in rows["train"]}
+    uncapped = dpg.training_rows(samples, vectors, PERSONA, {**sft, "max_rows": None})[0]
+    assert len(uncapped["train"]) == 6
+
+
 def _named(counts: dict[str, int]) -> list[dict]:
     return [{"sample_id": f"{c}:{i}", "character": c} for c, n in counts.items() for i in range(n)]
 

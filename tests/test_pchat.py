@@ -10,6 +10,11 @@ from lib.records import read_jsonl
 from lib.teacher import InvalidReply
 from lib.train import check_rows
 
+PROMPTS = Path(__file__).resolve().parents[1] / "params" / "prompts"  # the templates the pipeline runs
+LABEL = (PROMPTS / "pchat_label.txt").read_text()
+LABEL_TRAIT = (PROMPTS / "pchat_label_trait.txt").read_text()
+WHOLE = (PROMPTS / "pchat_whole.txt").read_text()
+
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data" / "personachat"
 FACTS = ["I love spending money.", "I am high maintenance.", "I diet a lot.", "I listen to Britney Spears."]
 
@@ -185,14 +190,14 @@ def test_parse_transcript_needs_two_names():
 
 
 def test_label_messages_list_the_facts():
-    (msg,) = pchat.label_messages(FACTS)
+    (msg,) = pchat.label_messages(FACTS, LABEL)
     assert msg["role"] == "user"
     assert "- I love spending money.\n- I am high maintenance." in msg["content"]
     assert "Probably low, given" in msg["content"]
     with pytest.raises(ValueError, match=r"unknown placeholders \['traits'\]"):
         pchat.label_messages(FACTS, template="{persona} {traits}")
     with pytest.raises(ValueError, match="at least one fact"):
-        pchat.label_messages([])
+        pchat.label_messages([], LABEL)
 
 
 GOOD_REPLY = (
@@ -322,13 +327,14 @@ def test_sample_traits_keeps_labels_and_is_seeded_per_key():
 
 def test_dialogue_messages_carry_both_personas_and_traits():
     traits = {"A": dict.fromkeys(pchat.TRAITS, "high"), "B": dict.fromkeys(pchat.TRAITS, "low")}
-    (msg,) = pchat.dialogue_messages({"A": ["I bake."], "B": ["I surf."]}, traits, 8, 12, names=("Sam", "Alex"))
+    (msg,) = pchat.dialogue_messages({"A": ["I bake."], "B": ["I surf."]}, traits, 8, 12, names=("Sam", "Alex"),
+                                    template=WHOLE)
     assert "Sam's persona:\n- I bake.\nSam's personality: Openness: high, Conscientiousness: high" in msg["content"]
     assert "Alex's personality: Openness: low" in msg["content"] and "between 8 and 12 utterances" in msg["content"]
     with pytest.raises(ValueError, match="speaker B needs a level for each"):
-        pchat.dialogue_messages({"A": ["x"], "B": ["y"]}, {"A": traits["A"], "B": {"O": "low"}}, 8, 12)
+        pchat.dialogue_messages({"A": ["x"], "B": ["y"]}, {"A": traits["A"], "B": {"O": "low"}}, 8, 12, template=WHOLE)
     with pytest.raises(ValueError, match="speaker A has no persona facts"):
-        pchat.dialogue_messages({"A": [], "B": ["y"]}, traits, 8, 12)
+        pchat.dialogue_messages({"A": [], "B": ["y"]}, traits, 8, 12, template=WHOLE)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -427,10 +433,10 @@ TRAIT_FACTS = ["I love to bake cookies.", "Knitting is my passion."]
 
 
 def test_trait_label_messages_name_the_trait_and_list_the_facts():
-    (msg,) = pchat.trait_label_messages(TRAIT_FACTS, "E")
+    (msg,) = pchat.trait_label_messages(TRAIT_FACTS, "E", LABEL_TRAIT)
     assert "person's Extraversion?" in msg["content"] and "- Knitting is my passion." in msg["content"]
     with pytest.raises(ValueError, match="unknown trait 'X'"):
-        pchat.trait_label_messages(TRAIT_FACTS, "X")
+        pchat.trait_label_messages(TRAIT_FACTS, "X", LABEL_TRAIT)
     with pytest.raises(ValueError, match="unknown placeholders"):
         pchat.trait_label_messages(TRAIT_FACTS, "E", template="{persona} {level}")
 
@@ -503,7 +509,7 @@ def test_whole_mode_repairs_only_the_failed_traits_and_resumes(tmp_path):
     personas = [{"id": "p1", "facts": FACTS}]
     teacher = ScriptedTeacher()
     answers, rejects = tmp_path / "answers.jsonl", tmp_path / "rejects.jsonl"
-    run = pchat.label_whole(personas, pchat.DEFAULT_LABEL_TEMPLATE, teacher, Sampling(), answers, rejects,
+    run = pchat.label_whole(personas, LABEL, teacher, Sampling(), answers, rejects,
                             max_repairs=2)
     # round 0 asks five traits, C and N fail; round 1 asks C and N, N fails again; round 2 asks N alone
     assert [r["asked_traits"] for r in run["rounds"]] == [5, 2, 1]
@@ -517,7 +523,7 @@ def test_whole_mode_repairs_only_the_failed_traits_and_resumes(tmp_path):
     assert out["labels"]["O"] == NO  # the repair's unasked "Openness: Probably high" did not overwrite it
     assert out["labels"]["E"]["label"] == "high" and not out["labels"]["E"]["cites_fact"]
     assert out["labels"]["C"]["evidence"] == ["I love spending money."] and out["labels"]["N"] == NO
-    again = pchat.label_whole(personas, pchat.DEFAULT_LABEL_TEMPLATE, teacher, Sampling(), answers, rejects,
+    again = pchat.label_whole(personas, LABEL, teacher, Sampling(), answers, rejects,
                               max_repairs=2)  # a rerun finds every round on disk
     assert len(teacher.chats) == 3 and all(r["skipped"] == 1 for r in again["rounds"])
 

@@ -45,6 +45,20 @@ def _dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
     return proc
 
 
+def _with_params(path: Path, changes: dict) -> str:
+    """The text of a params file with `changes` ({"dotted.key": value}) made; every key must exist."""
+    cfg = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = cfg
+        for key in parents:
+            node = node[key]
+        if last not in node:
+            raise KeyError(f"{dotted} is not in {path.name}")
+        node[last] = value
+    return yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, width=120)
+
+
 @pytest.fixture(scope="module")
 def teacher():
     with FakeTeacherServer(scripted_dialogue_reply, required_key=SECRET) as server:
@@ -219,7 +233,7 @@ def test_editing_one_eval_param_reruns_eval_alone(tiny_run):
     repo, _, _ = tiny_run
     tiny = repo / "params" / "tiny.yaml"
     original = tiny.read_text()
-    tiny.write_text(original.replace("    bertscore_layers: 6", "    bertscore_layers: 5"))
+    tiny.write_text(_with_params(tiny, {"eval.jic.bertscore_layers": 5}))
     try:
         status = _dvc(repo, "status", "--json").stdout
         assert set(json.loads(status)) == {"12_eval_jic"}
@@ -238,8 +252,7 @@ def test_sigkill_mid_synthesis_then_rerun_keeps_every_record_once(tiny_run, teac
     original = tiny.read_text()
     # A new prompt wording (so nothing is cached) served slowly, one pair per batch.
     (repo / "params/prompts/jic_system.txt").write_text("You write short, casual conversations.\n")
-    assert original.count("    batch_size: 4\n    max_concurrency") == 1  # synthesize.jic's, and no other
-    tiny.write_text(original.replace("    batch_size: 4\n    max_concurrency", "    batch_size: 1\n    max_concurrency"))
+    tiny.write_text(_with_params(tiny, {"synthesize.jic.batch_size": 1}))
     teacher.delay_s = 1.0
     try:
         proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "06_synthesize_jic"], cwd=repo,
@@ -335,18 +348,16 @@ def test_big5chat_trains_on_the_released_dialogues_when_switched(tiny_run, tmp_p
     pd.DataFrame(rows).to_csv(csv, index=False)
     tiny = repo / "params" / "tiny.yaml"
     original = tiny.read_text()
-    switched = re.sub(r"(?m)^  source: dexperts .*$", "  source: released", original)
-    switched = re.sub(r"(?m)^  released_path: .*$", f"  released_path: {csv}", switched)
-    switched = re.sub(r"(?m)^    source: released .*$", "    source: generated", switched)  # 08/09 read 07's output
-    assert switched.count("source: released") == 1 and str(csv) in switched and "    source: generated" in switched
-    tiny.write_text(switched)
+    # 08/09 read 07's output
+    tiny.write_text(_with_params(tiny, {"dexperts.source": "released", "dexperts.released_path": str(csv),
+                                        "sft.big5chat.source": "generated"}))
     try:
         proc = _dvc(repo, "repro", "08_sft_big5chat", "09_dpo_big5chat")  # 09 trains from the base, not 08
         assert {"07_dexperts_big5chat", "08_sft_big5chat", "09_dpo_big5chat"} <= set(
             re.findall(r"Running stage '([^']+)'", proc.stdout)), proc.stdout[-3000:]
         m07 = json.loads((repo / "reports/metrics/07_dexperts_big5chat.json").read_text())
         assert m07["source"] == "released" and m07["experts"] == {}
-        traits = yaml.safe_load(switched)["dexperts"]["traits"]
+        traits = yaml.safe_load(tiny.read_text())["dexperts"]["traits"]
         assert m07["replies"] == sum(1 for r in rows if r["trait"][0].upper() in traits)
         gens = [json.loads(line) for line in
                 (repo / "data/big5chat/07_dexperts/generations.jsonl").read_text().splitlines()]
@@ -380,13 +391,9 @@ def test_jic_trains_and_evaluates_on_the_released_dialogues_when_switched(tiny_r
             z.writestr(f"{split}.json", json.dumps(records(split, n)))
     tiny = repo / "params" / "tiny.yaml"
     original = tiny.read_text()
-    switched = re.sub(r"(?m)^    source: teacher .*$", "    source: released", original)
-    switched = re.sub(r"(?m)^    released_path: null .*$", f"    released_path: {paths['train']}", switched)
-    switched = re.sub(r"(?m)^    released_test_path: null .*$", f"    released_test_path: {paths['test']}", switched)
-    # exactly one key switched (other papers' `source: released` lines are left as they are)
-    assert switched.count("source: released") == original.count("source: released") + 1
-    assert str(paths["test"]) in switched
-    tiny.write_text(switched)
+    tiny.write_text(_with_params(tiny, {"synthesize.jic.source": "released",
+                                        "synthesize.jic.released_path": str(paths["train"]),
+                                        "synthesize.jic.released_test_path": str(paths["test"])}))
     try:
         asked = teacher.requests
         proc = _dvc(repo, "repro", "12_eval_jic")

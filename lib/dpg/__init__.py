@@ -311,6 +311,22 @@ def reply_rows(samples: Sequence[dict], vectors: Mapping[str, Mapping], template
     return rows, {k: int(stats.get(k, 0)) for k in ("rows", "no_preceding_turn", "samples_without_vector")}
 
 
+def training_rows(samples: Sequence[dict], vectors: Mapping[str, Mapping], template: str, sft: Mapping
+                  ) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """({"train": rows, "heldout": rows}, stats per split): the reply rows of each split (`reply_rows` with the
+    `sft.dpg` params' context_turns), at most `max_rows` per split in a seeded sample. The LoRA-SFT baseline (08) and
+    the hypernetwork (10) both train on exactly these rows, so their comparison is fair by construction."""
+    import pandas as pd
+
+    rows, stats = {}, {}
+    for split in ("train", "heldout"):
+        part = [s for s in samples if s["split"] == split]
+        rows[split], stats[split] = reply_rows(part, vectors, template, context_turns=sft["context_turns"])
+        if sft["max_rows"] is not None and len(rows[split]) > sft["max_rows"]:
+            rows[split] = pd.Series(rows[split]).sample(n=sft["max_rows"], random_state=sft["seed"]).tolist()
+    return rows, stats
+
+
 def load_template(path: str | Path) -> str:
     """A prompt template file's text (params/prompts/dpg_*.txt)."""
     path = Path(path)

@@ -388,20 +388,6 @@ def unique_personas(dialogues: Sequence[dict]) -> dict[str, list[str]]:
 # ---------------------------------------------------------------------------------------------------------------
 # 05_label: persona trait labels
 
-# The pipeline's copy belongs in params/prompts/; this one serves tests and quick use. Field: {persona}.
-DEFAULT_LABEL_TEMPLATE = (
-    "Here is what a person says about themselves:\n{persona}\n\n"
-    "For each of the Big Five personality traits, judge whether these statements give a clue about the person's "
-    "level of that trait. Answer with exactly five lines, in this order and format:\n"
-    "Openness: <answer>\nConscientiousness: <answer>\nExtraversion: <answer>\nAgreeableness: <answer>\n"
-    "Neuroticism: <answer>\n\n"
-    "Each <answer> is one of:\n"
-    "No clues.\n"
-    "Probably low, given <the statements that suggest it>\n"
-    "Probably high, given <the statements that suggest it>\n"
-    "Write nothing else."
-)
-
 _TRAIT_BY_NAME = {name.lower(): t for t, name in NAMES.items()} | {"extroversion": "E"}
 _TRAIT_LINE = re.compile(r"^(openness|conscientiousness|extraversion|extroversion|agreeableness|neuroticism)"
                          r"\s*[*_]*\s*[:\-–]\s*(.*)$", re.IGNORECASE)
@@ -424,9 +410,8 @@ def persona_block(facts: Sequence[str]) -> str:
     return "\n".join(f"- {f}" for f in facts)
 
 
-def label_messages(facts: Sequence[str], template: str = DEFAULT_LABEL_TEMPLATE,
-                   system_prompt: str | None = None) -> list[dict]:
-    """The teacher's chat for labelling one persona."""
+def label_messages(facts: Sequence[str], template: str, system_prompt: str | None = None) -> list[dict]:
+    """The teacher's chat for labelling one persona; `template` (params/prompts/pchat_label.txt) has {persona}."""
     if not facts:
         raise ValueError("label_messages: a persona needs at least one fact")
     _check_template(template, {"persona"})
@@ -508,22 +493,10 @@ def parse_trait_labels(reply: str, facts: Sequence[str],
     return labels, failures
 
 
-# Per-trait labelling: one question per persona and trait, for teachers too small to answer all five at once.
-# Fields: {persona} and {trait} (the trait's name). It asks for a quoted statement as the reason (any reason is
-# accepted): SmolLM2-135M answered 32 of 80 questions validly so, 16 of 80 when asked for the paper's free text.
-DEFAULT_TRAIT_LABEL_TEMPLATE = (
-    "Here is what a person says about themselves:\n{persona}\n\n"
-    "Do these statements give a clue about the person's {trait}? Answer with one line, exactly one of:\n"
-    "No clues.\n"
-    "Probably low, given \"<one statement copied exactly from the list>\"\n"
-    "Probably high, given \"<one statement copied exactly from the list>\"\n"
-    "Write nothing else."
-)
-
-
-def trait_label_messages(facts: Sequence[str], trait: str, template: str = DEFAULT_TRAIT_LABEL_TEMPLATE,
+def trait_label_messages(facts: Sequence[str], trait: str, template: str,
                          system_prompt: str | None = None) -> list[dict]:
-    """The teacher's chat for labelling one trait of one persona."""
+    """The teacher's chat for labelling one trait of one persona, for teachers too small to answer all five at
+    once; `template` (params/prompts/pchat_label_trait.txt) has {persona} and {trait} (the trait's name)."""
     if trait not in TRAITS:
         raise ValueError(f"unknown trait {trait!r}; expected one of {list(TRAITS)}")
     if not facts:
@@ -577,7 +550,7 @@ def _round_id(persona: str, round_: int) -> str:
 
 
 def whole_round_records(personas: Sequence[Mapping], answers: Sequence[Mapping], round_: int,
-                        template: str = DEFAULT_LABEL_TEMPLATE, system_prompt: str | None = None) -> list[dict]:
+                        template: str, system_prompt: str | None = None) -> list[dict]:
     """The questions of round `round_` of whole mode, given the answers of the earlier rounds.
 
     Round 0 asks every persona for all five traits. Round r > 0 continues the chat of each persona whose round r-1
@@ -735,16 +708,6 @@ def traits_text(levels: Mapping[str, str]) -> str:
     return ", ".join(f"{NAMES[t]}: {levels[t]}" for t in TRAITS if t in levels)
 
 
-# The pipeline's copy belongs in params/prompts/. Fields: {name_a} {name_b} {persona_a} {persona_b} {traits_a}
-# {traits_b} {min_turns} {max_turns}.
-DEFAULT_DIALOGUE_TEMPLATE = (
-    "Write a conversation between two people, {name_a} and {name_b}, who are getting to know each other.\n\n"
-    "{name_a}'s persona:\n{persona_a}\n{name_a}'s personality: {traits_a}\n\n"
-    "{name_b}'s persona:\n{persona_b}\n{name_b}'s personality: {traits_b}\n\n"
-    "Each speaker talks about their own persona, never claims the other's facts, and shows their personality in "
-    "how they talk. {name_a} speaks first and they take turns. Write between {min_turns} and {max_turns} "
-    "utterances, one per line, as \"{name_a}: ...\" and \"{name_b}: ...\", and nothing else."
-)
 DIALOGUE_FIELDS = {"name_a", "name_b", "persona_a", "persona_b", "traits_a", "traits_b", "min_turns", "max_turns"}
 
 
@@ -756,9 +719,10 @@ def _check_template(template: str, allowed: set[str]) -> None:
 
 
 def dialogue_messages(personas: Mapping[str, Sequence[str]], traits: Mapping[str, Mapping[str, str]],
-                      min_turns: int, max_turns: int, names: tuple[str, str] = ("A", "B"),
-                      template: str = DEFAULT_DIALOGUE_TEMPLATE, system_prompt: str | None = None) -> list[dict]:
-    """The teacher's chat for one synthesized dialogue: both personas and both speakers' trait levels."""
+                      min_turns: int, max_turns: int, names: tuple[str, str] = ("A", "B"), *, template: str,
+                      system_prompt: str | None = None) -> list[dict]:
+    """The teacher's chat for one synthesized dialogue: both personas and both speakers' trait levels. `template`
+    (params/prompts/pchat_whole.txt) may use the fields of DIALOGUE_FIELDS."""
     _check_template(template, DIALOGUE_FIELDS)
     for s in SPEAKERS:
         if not personas.get(s):
