@@ -279,8 +279,9 @@ def pchat_facts(cfg: dict, root: Path) -> dict:
     sp, label_tpl = cfg["synthesize"]["pchat"], config.read_text(cfg["label"]["pchat"]["template"])
     levels = dict(zip(TRAITS, LEVELS * 3))
     synth = [pchat.dialogue_messages({"A": a, "B": b}, {"A": levels, "B": levels}, sp["min_turns"], sp["n_turns"],
-                                     ("Alex", "Sam"), config.read_text(sp["whole_template"]),
-                                     config.read_text(sp["system_prompt"])) for a, b in itertools.pairwise(personas)]
+                                     ("Alex", "Sam"), template=config.read_text(sp["whole_template"]),
+                                     system_prompt=config.read_text(sp["system_prompt"]))
+             for a, b in itertools.pairwise(personas)]
     return {"pchat_human_dialogues": len(human), "pchat_human_contexts": len(rows),
             "pchat_turns_per_dialogue": round(mean(len(d["turns"]) for d in human), 2),
             "pchat_row_chars": _mean_chars(rows),
