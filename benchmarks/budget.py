@@ -79,6 +79,19 @@ ASSUMED = {
 }
 K = {name: value for name, (value, _) in ASSUMED.items()}
 
+# Measured here (on a CPU), not assumed: name: (value, how). 07's DExperts step is host-bound at the paper's batch:
+# a skeleton of the 8B (its 32 layers at width 64, ten r-8 experts, 256 rows) spends this long per step in Python,
+# peft's per-adapter loop and op dispatch, which a GPU cannot run ahead of. Measured while other jobs shared the
+# CPU (an upper estimate for a workstation's host); benchmarks/RESULTS.md row l.
+_HOST = json.loads((ROOT / "benchmarks/results/dexperts_host_overhead.json").read_text())
+MEASURED = {
+    "dexperts_host_step_s": (_HOST["batched/after"]["step_ms"] / 1e3,
+                             (f"benchmarks/dexperts_host_overhead.py ({_HOST['when'][:10]}): host time per batched "
+                              f"DExperts step at {_HOST['rows']} rows, {_HOST['n_adapters']} experts, "
+                              f"{_HOST['layers']} layers")),
+}
+M = {name: value for name, (value, _) in MEASURED.items()}
+
 # Sizes of what the paper profile reads from the Hub or PullPush and the mirror does not hold: name: (value, source).
 SIZES = {
     "soda_parquet_mb": (688.8, "allenai/soda train.parquet (Hub LFS pointer)"),
@@ -511,13 +524,15 @@ def est_dexperts(cfg: dict, f: dict) -> dict:
     sweep = len([a for a in [0.0, *p["sweep_alphas"]] if a != p["alpha"]])
     sweep_units = min(p["sweep_scenarios"], s["max_scenarios"]) * f["units_per_scenario"]
     n_check = jobs * e["heldout_texts"]
+    # a step: the GPU's work (base and expert rows) or the host's (measured), whichever is longer
+    step = max(K["dexperts_forwards"] * (K["decode_step_s"] + p["batch_size"] * K["decode_row_s"]),
+               M["dexperts_host_step_s"])
     parts = [t["part"],
              score(f"held-out check: {n_check:,} texts x 3 scorers", 3 * n_check * expert_tok),
              generate(f"DExperts: {units:,.0f} agent turns x {jobs} trait-levels", units * jobs, per_row,
-                      p["max_new_tokens"], p["batch_size"], forwards=K["dexperts_forwards"]),
+                      p["max_new_tokens"], p["batch_size"], step_s=step),
              generate(f"alpha sweep: {sweep_units:,.0f} turns x {jobs} x {sweep} more alphas",
-                      sweep_units * jobs * sweep, per_row, p["max_new_tokens"], p["batch_size"],
-                      forwards=K["dexperts_forwards"]),
+                      sweep_units * jobs * sweep, per_row, p["max_new_tokens"], p["batch_size"], step_s=step),
              score("trait classifier on every reply", (units + sweep_units * sweep) * jobs * p["max_new_tokens"],
                    "encoder_tok_s")]
     gpu = max(t["gpu_gb"], infer_gb(2 * p["batch_size"], prompt + p["max_new_tokens"]) + 10 * t["disk_gb"])
@@ -978,6 +993,7 @@ def budget(cfg: dict, f: dict, dvc_path: Path = ROOT / "dvc.yaml") -> dict:
     return {"profile": "paper", "device": "1x H100 80 GB (estimate: nothing was run)", "stages": rows,
             "per_paper": {p: totals(rows, p) for p in PAPERS}, "all": totals(rows),
             "assumed": {k: {"value": v, "why": why} for k, (v, why) in ASSUMED.items()},
+            "measured": {k: {"value": v, "how": how} for k, (v, how) in MEASURED.items()},
             "sizes": {k: {"value": v, "source": src} for k, (v, src) in SIZES.items()}, "mirror_facts": f}
 
 
@@ -992,9 +1008,10 @@ def _hours(h: dict) -> str:
     return f"{h['gpu']:.2f}" + (f" (+ {', '.join(extra)})" if extra else "")
 
 
-INTRO = ("Written by `python benchmarks/budget.py` (`--check`: is this file current?). Nothing here was run: every "
-         "number is work counted from `params/paper.yaml`, `dvc.yaml` and the data mirror, divided by an **assumed, "
-         "not measured** throughput (listed at the end). Assumed tok/s: the rate of the stage's longest part (new "
+INTRO = ("Written by `python benchmarks/budget.py` (`--check`: is this file current?). Nothing here was run on a "
+         "GPU: every number is work counted from `params/paper.yaml`, `dvc.yaml` and the data mirror, divided by an "
+         "**assumed, not measured** throughput (listed at the end), except 07's DExperts step, which is host-bound "
+         "and takes the host time measured on a CPU (`benchmarks/dexperts_host_overhead.py`) where that is longer. Assumed tok/s: the rate of the stage's longest part (new "
          "tokens/s when decoding or at a teacher endpoint). Hours: on the local H100, then (+) time at a teacher "
          "endpoint, on the network or the CPU. GPU GB: peak on the H100 (0: none; worst case, a batch of "
          "max_seq_length rows). Disk GB: what the stage leaves behind; checkpoints (at most 2, deleted when a stage "
@@ -1046,6 +1063,8 @@ def markdown(b: dict) -> str:
     lines += ["", "## How estimated", "", METHOD.format(w16=W16_GB, nf4=NF4_GB), "",
               "| constant | value | why (assumed, not measured) |", "|---|---|---|"]
     lines += [f"| `{k}` | {v['value']:g} | {v['why']} |" for k, v in b["assumed"].items()]
+    lines += ["", "| constant | value | how (measured on a CPU) |", "|---|---|---|"]
+    lines += [f"| `{k}` | {v['value']:.3g} | {v['how']} |" for k, v in b["measured"].items()]
     lines += ["", "| size | value | source |", "|---|---|---|"]
     lines += [f"| `{k}` | {v['value']:,} | {v['source']} |" for k, v in b["sizes"].items()]
     facts = ", ".join(f"`{k}` {v}" for k, v in b["mirror_facts"].items() if not isinstance(v, dict))
