@@ -470,8 +470,15 @@ KILLED_STAGES = {  # stage: (output folder, teacher stage?)
 
 def _records(folder: Path) -> dict:
     """Every JSONL file under folder (not set-aside copies): relative path -> its lines."""
-    return {str(p.relative_to(folder)): p.read_text(encoding="utf-8").splitlines()
-            for p in sorted(folder.rglob("*.jsonl")) if ".stale-" not in str(p) and not p.name.startswith(".")}
+    out = {}
+    for p in sorted(folder.rglob("*.jsonl")):
+        if ".stale-" in str(p) or p.name.startswith("."):
+            continue
+        try:  # a running stage may replace a file between the listing and the read
+            out[str(p.relative_to(folder))] = p.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            continue
+    return out
 
 
 def _stage_outputs(repo: Path, stage: str) -> list[Path]:
@@ -497,8 +504,16 @@ def test_sigkill_mid_stage_then_rerun_keeps_what_was_written(tiny_run, teacher, 
         (shutil.copytree if p.is_dir() else shutil.copy2)(p, saved / str(i))
 
     def written_since(t0: int) -> dict:
-        return {rel: lines for rel, lines in _records(out).items() if lines and (out / rel).stat().st_mtime_ns > t0}
+        found = {}
+        for rel, lines in _records(out).items():
+            try:
+                if lines and (out / rel).stat().st_mtime_ns > t0:
+                    found[rel] = lines
+            except FileNotFoundError:  # replaced by the running stage meanwhile
+                continue
+        return found
 
+    proc = None
     try:
         if slow:
             cache.unlink(missing_ok=True)
@@ -524,6 +539,9 @@ def test_sigkill_mid_stage_then_rerun_keeps_what_was_written(tiny_run, teacher, 
         assert (out / "COMPLETE").exists()
     finally:
         teacher.delay_s = 0.0
+        if proc is not None and proc.poll() is None:  # the test failed before its kill: end the run first
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         for i, p in enumerate(keep):
             if p.is_dir():
                 shutil.rmtree(p)
