@@ -471,7 +471,11 @@ KILLED_STAGES = {  # stage: (output folder, teacher stage?)
 def _records(folder: Path) -> dict:
     """Every JSONL file under folder (not set-aside copies): relative path -> its lines."""
     out = {}
-    for p in sorted(folder.rglob("*.jsonl")):
+    try:  # a running stage moves its output folder aside and recreates it: the listing can lose its footing
+        paths = sorted(folder.rglob("*.jsonl"))
+    except FileNotFoundError:
+        return out
+    for p in paths:
         if ".stale-" in str(p) or p.name.startswith("."):
             continue
         try:  # a running stage may replace a file between the listing and the read
