@@ -306,24 +306,25 @@ def pchat_facts(cfg: dict, root: Path) -> dict:
 def dpg_facts(cfg: dict, root: Path) -> dict:
     """The film windows, reply rows, generation units and assessment prompts as 01/05/08/11 build them (every window
     kept, vectors all 0)."""
-    from lib import corpora, dpg
-    from lib.dpg import assess, evaluate
+    from lib import corpora
+    from lib.dpg import data, evaluate, label
+    from lib.dpg.rows import reply_rows
     from lib.traits import TRAITS
 
     p, lab, sft = cfg["scrape"]["dpg"], cfg["label"]["dpg"], cfg["sft"]["dpg"]
-    windows, _ = dpg.hp_windows(dpg.load_hp_lines(root / p["hp_dir"]), p["characters"], min_lines=p["min_lines"],
-                                context_turns=p["context_turns"])
-    hp = dpg.select_windows(windows, p["max_characters"], p["max_windows_per_character"], seed=p["seed"])
-    held = set(dpg.heldout_characters(hp, p["heldout_characters"], seed=p["seed"],
-                                      min_windows=p["heldout_min_windows"]))
-    friends, _ = dpg.friends_windows(corpora.load_friends_persona(root / p["friends_path"]),
-                                     min_lines=p["friends_min_lines"])
+    windows, _ = data.hp_windows(data.load_hp_lines(root / p["hp_dir"]), p["characters"], min_lines=p["min_lines"],
+                                 context_turns=p["context_turns"])
+    hp = data.select_windows(windows, p["max_characters"], p["max_windows_per_character"], seed=p["seed"])
+    held = set(data.heldout_characters(hp, p["heldout_characters"], seed=p["seed"],
+                                       min_windows=p["heldout_min_windows"]))
+    friends, _ = data.friends_windows(corpora.load_friends_persona(root / p["friends_path"]),
+                                      min_lines=p["friends_min_lines"])
     friends = friends[:p["max_friends_scenes"]] if p["max_friends_scenes"] is not None else friends
-    knowledge = assess.load_knowledge(ROOT / lab["knowledge"])
+    knowledge = label.load_knowledge(ROOT / lab["knowledge"])
     kt, vt = config.read_text(lab["knowledge_template"]), config.read_text(lab["vanilla_template"])
 
     def chars(w: dict, template: str, know) -> int:
-        return len(assess.assessment_chats(w, "E", template, know, lab["max_words"])[0]["content"])
+        return len(label.assessment_chats(w, "E", template, know, lab["max_words"])[0]["content"])
 
     zero = {w["sample_id"]: dict.fromkeys(TRAITS, 0.0) for w in hp}
     persona = config.read_text(sft["persona_template"])
@@ -332,7 +333,7 @@ def dpg_facts(cfg: dict, root: Path) -> dict:
          "dpg_friends_assess_chars": round(mean(chars(w, kt, knowledge) + chars(w, vt, None) for w in friends) / 2)}
     for split, part_ in (("train", [w for w in hp if w["character"] not in held]),
                          ("heldout", [w for w in hp if w["character"] in held])):
-        rows, _ = dpg.reply_rows(part_, zero, persona, context_turns=sft["context_turns"])
+        rows, _ = reply_rows(part_, zero, persona, context_turns=sft["context_turns"])
         f[f"dpg_{split}_rows"], f[f"dpg_{split}_row_chars"] = len(rows), _mean_chars(rows)
     units, _ = evaluate.generation_units([w for w in hp if w["character"] in held], zero,
                                          cfg["generate"]["dpg"]["n_replies"], sft["context_turns"])

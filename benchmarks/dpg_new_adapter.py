@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.results_io import save_result
-from lib import config, dpg
+from lib import config
 from lib.dpg import hypernet as hn  # after the sys.path line above
+from lib.dpg.rows import reply_rows
 from lib.models import load_for_inference
 from lib.records import read_jsonl
 from lib.traits import TRAITS
@@ -40,8 +41,8 @@ def heldout_rows(profile: str) -> tuple[str, list[dict]]:
     sft_cfg = cfg["sft"]["dpg"]
     samples = [s for s in read_jsonl(ROOT / "data/dpg/01_scrape/hp_samples.jsonl") if s["split"] == "heldout"]
     vectors = {r["sample_id"]: {t: r[t] for t in TRAITS} for r in read_jsonl(ROOT / "data/dpg/05_label/vectors.jsonl")}
-    rows, _ = dpg.reply_rows(samples, vectors, config.read_text(sft_cfg["persona_template"]),
-                             context_turns=sft_cfg["context_turns"])
+    rows, _ = reply_rows(samples, vectors, config.read_text(sft_cfg["persona_template"]),
+                         context_turns=sft_cfg["context_turns"])
     by_persona: dict[str, list[dict]] = {}
     for r in rows:
         by_persona.setdefault(r["prompt"][0]["content"], []).append(r)

@@ -1,12 +1,12 @@
-"""DPG data logic: the Harry Potter script tables, character windows, FriendsPersona samples, the personality prompt
-and the SFT rows."""
+"""DPG source data and training rows (lib.dpg.data, lib.dpg.rows): the Harry Potter script tables, character
+windows, FriendsPersona samples, the personality prompt and the SFT rows."""
 import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from lib import dpg
+from lib.dpg import data, rows
 
 ROOT = Path(__file__).resolve().parents[1]
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -29,9 +29,9 @@ def _write_hp(root: Path, characters: str = CHARACTERS, dialogue=DIALOGUE) -> Pa
     (root / "hp_movies_Movies.csv").write_text(MOVIES, encoding="utf-8-sig")
     (root / "hp_movies_Chapters.csv").write_text(CHAPTERS, encoding="latin-1")
     (root / "hp_movies_Characters.csv").write_text(characters, encoding="latin-1")
-    rows = "".join(f'{d},{c},8,{who},"{text}"\r\n' for d, c, who, text in dialogue)
+    body = "".join(f'{d},{c},8,{who},"{text}"\r\n' for d, c, who, text in dialogue)
     (root / "hp_movies_Dialogue.csv").write_bytes(
-        ("Dialogue_ID,Chapter_ID,Place_ID,Character_ID,Dialogue\r\n" + rows).encode("latin-1"))
+        ("Dialogue_ID,Chapter_ID,Place_ID,Character_ID,Dialogue\r\n" + body).encode("latin-1"))
     return root
 
 
@@ -41,8 +41,8 @@ def hp_root(tmp_path) -> Path:
 
 
 def test_hp_lines_are_in_film_order_with_repaired_text(hp_root):
-    lines = dpg.load_hp_lines(hp_root)
-    assert list(lines.columns) == dpg.HP_COLUMNS
+    lines = data.load_hp_lines(hp_root)
+    assert list(lines.columns) == data.HP_COLUMNS
     assert lines["dialogue_id"].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert lines["movie"].tolist() == [1] * 8 + [2]
     assert lines["position"].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 1]
@@ -55,7 +55,7 @@ def test_hp_lines_are_in_film_order_with_repaired_text(hp_root):
 def test_hp_chapter_order_follows_movie_chapter_not_id(tmp_path):
     # chapter 20 lines get lower dialogue ids but chapter 21 comes first in the film
     dialogue = [(1, 20, 1, "Later."), (2, 21, 2, "Earlier.")]
-    lines = dpg.load_hp_lines(_write_hp(tmp_path, dialogue=dialogue))
+    lines = data.load_hp_lines(_write_hp(tmp_path, dialogue=dialogue))
     assert lines["text"].tolist() == ["Earlier.", "Later."]
     assert lines["position"].tolist() == [1, 2]
 
@@ -63,21 +63,21 @@ def test_hp_chapter_order_follows_movie_chapter_not_id(tmp_path):
 def test_hp_missing_file_and_columns_are_named(tmp_path, hp_root):
     (hp_root / "hp_movies_Movies.csv").unlink()
     with pytest.raises(FileNotFoundError, match="hp_movies_Movies.csv"):
-        dpg.load_hp_lines(hp_root)
+        data.load_hp_lines(hp_root)
     bad = _write_hp(tmp_path / "bad", characters="Character_ID,Character_Name,Species,Gender\n1,Harry Potter,H,M\n")
     with pytest.raises(ValueError, match=r"hp_movies_Characters.csv: missing columns \['House'\]"):
-        dpg.load_hp_lines(bad)
+        data.load_hp_lines(bad)
 
 
 def test_hp_unknown_speaker_is_an_error(tmp_path):
     root = _write_hp(tmp_path, dialogue=[(1, 21, 9, "Who am I?")])
     with pytest.raises(ValueError, match=r"Character_ID \[9\] not in .*hp_movies_Characters.csv"):
-        dpg.load_hp_lines(root)
+        data.load_hp_lines(root)
 
 
 def test_hp_windows_ids_context_and_drops(hp_root):
-    lines = dpg.load_hp_lines(hp_root)
-    samples, stats = dpg.hp_windows(lines, None, min_lines=2, context_turns=1)
+    lines = data.load_hp_lines(hp_root)
+    samples, stats = data.hp_windows(lines, None, min_lines=2, context_turns=1)
     assert [s["sample_id"] for s in samples] == ["hp:21:ron-weasley", "hp:21:harry-potter", "hp:21:sorting-hat"]
     # chapter 20 (Harry 1 line, Ron 1 line) and chapter 10 (Harry 1 line) fall below min_lines
     assert stats["dropped_min_lines"] == 3 and stats["windows"] == 3 and stats["characters"] == 3
@@ -97,31 +97,31 @@ def test_hp_windows_ids_context_and_drops(hp_root):
 
 
 def test_hp_windows_are_stable_and_filter_characters(hp_root):
-    lines = dpg.load_hp_lines(hp_root)
+    lines = data.load_hp_lines(hp_root)
     shuffled = lines.sample(frac=1.0, random_state=3)
-    a, _ = dpg.hp_windows(lines, ["Harry Potter"], min_lines=1, context_turns=0)
-    b, _ = dpg.hp_windows(shuffled, ["Harry Potter"], min_lines=1, context_turns=0)
+    a, _ = data.hp_windows(lines, ["Harry Potter"], min_lines=1, context_turns=0)
+    b, _ = data.hp_windows(shuffled, ["Harry Potter"], min_lines=1, context_turns=0)
     assert a == b
     assert [s["sample_id"] for s in a] == ["hp:21:harry-potter", "hp:20:harry-potter", "hp:10:harry-potter"]
     assert a[0]["turns"] == [{"speaker": "Harry Potter", "text": "Hello Ron."},
                              {"speaker": "Harry Potter", "text": "Not Slytherin."}]  # no context: own lines only
-    whole, _ = dpg.hp_windows(lines, ["Sorting Hat"], min_lines=1, context_turns=None)
+    whole, _ = data.hp_windows(lines, ["Sorting Hat"], min_lines=1, context_turns=None)
     assert len(whole[0]["turns"]) == 6
     with pytest.raises(ValueError, match=r"characters \['Dobby'\] never speak"):
-        dpg.hp_windows(lines, ["Dobby"], 1, 1)
+        data.hp_windows(lines, ["Dobby"], 1, 1)
     with pytest.raises(ValueError, match="min_lines"):
-        dpg.hp_windows(lines, None, 0, 1)
+        data.hp_windows(lines, None, 0, 1)
 
 
 @pytest.mark.skipif(not (MIRROR / "characters" / "hp_movies_Dialogue.csv").is_file(), reason="no offline mirror")
 def test_real_hp_scripts():
-    lines = dpg.load_hp_lines(MIRROR / "characters")
+    lines = data.load_hp_lines(MIRROR / "characters")
     assert sorted(lines["movie"].unique()) == list(range(1, 9))
     harry = lines[lines["character"] == "Harry Potter"]
     assert sorted(harry["movie"].unique()) == list(range(1, 9))
     assert not lines["text"].str.contains("\u00e2\u0080").any()  # no UTF-8 read as latin-1 left
     assert (lines.groupby("movie")["position"].apply(lambda p: p.tolist() == list(range(1, len(p) + 1)))).all()
-    samples, stats = dpg.hp_windows(lines, ["Harry Potter", "Hermione Granger"], min_lines=3, context_turns=2)
+    samples, stats = data.hp_windows(lines, ["Harry Potter", "Hermione Granger"], min_lines=3, context_turns=2)
     assert stats["windows"] == len(samples) > 100 and stats["dropped_min_lines"] > 0
     assert len({s["sample_id"] for s in samples}) == len(samples)
     harry = next(s for s in samples if s["character"] == "Harry Potter")
@@ -137,27 +137,27 @@ def test_friends_windows_keep_human_labels():
          "turns": [{"speaker": "Ross", "text": "c"}, {"speaker": "Joey", "text": "d"}],
          "O": 0, "C": 0, "E": 0, "A": 0, "N": 1},
     ])
-    samples, stats = dpg.friends_windows(df, min_lines=2)
+    samples, stats = data.friends_windows(df, min_lines=2)
     assert stats == {"windows": 1, "dropped_min_lines": 1, "characters": 1}
     (s,) = samples
     assert s["sample_id"] == "friends:s01e01c01:joey:1" and s["source"] == "friends" and s["info"] == {"name": "Joey"}
     assert s["labels"] == {"O": 1, "C": 0, "E": 1, "A": 1, "N": 0} and s["lines"] == ["a", "b"]
     both = pd.concat([df, df.iloc[[0]].assign(character="Ross")], ignore_index=True)  # one scene, two focus characters
-    assert len(dpg.friends_windows(both, min_lines=1)[0]) == 3
-    parts = dpg.friends_windows(pd.concat([df, df.iloc[[0]]]), min_lines=1)[0]  # one scene in two labelled parts
+    assert len(data.friends_windows(both, min_lines=1)[0]) == 3
+    parts = data.friends_windows(pd.concat([df, df.iloc[[0]]]), min_lines=1)[0]  # one scene in two labelled parts
     assert [s["sample_id"] for s in parts] == ["friends:s01e01c01:joey:1", "friends:s01e01c02:ross:1",
                                                "friends:s01e01c01:joey:2"]
     df.loc[1, "N"] = 2
     with pytest.raises(ValueError, match="label N is 2"):
-        dpg.friends_windows(df, min_lines=1)
+        data.friends_windows(df, min_lines=1)
 
 
 def test_personality_prompt_fills_scores_and_known_info():
     info = {"name": "Ron Weasley", "house": "Gryffindor", "species": "unknown"}
-    text = dpg.personality_prompt(VECTOR, info, "{name}|{info}|{O}{N}\n{scores}")
+    text = rows.personality_prompt(VECTOR, info, "{name}|{info}|{O}{N}\n{scores}")
     assert text == ("Ron Weasley|Character information: House: Gryffindor.|+3-4.33\n"
                     "Openness: +3\nConscientiousness: -1\nExtraversion: 0\nAgreeableness: +2.5\nNeuroticism: -4.33")
-    real = dpg.personality_prompt(VECTOR, {"name": "Sorting Hat"}, PERSONA)
+    real = rows.personality_prompt(VECTOR, {"name": "Sorting Hat"}, PERSONA)
     assert real.startswith("You are Sorting Hat.\n") and "Agreeableness: +2.5" in real and "{" not in real
 
 
@@ -173,16 +173,16 @@ def test_personality_prompt_fills_scores_and_known_info():
 def test_personality_vector_is_validated(change, message):
     vector = {**VECTOR, **change}
     with pytest.raises(ValueError, match=message):
-        dpg.personality_prompt(vector, {"name": "Ron"}, PERSONA)
+        rows.personality_prompt(vector, {"name": "Ron"}, PERSONA)
 
 
 def test_personality_prompt_rejects_missing_keys_unknown_fields_and_names():
     with pytest.raises(ValueError, match=r"missing \['N'\]"):
-        dpg.personality_prompt({t: 0 for t in "OCEA"}, {"name": "Ron"}, PERSONA)
+        rows.personality_prompt({t: 0 for t in "OCEA"}, {"name": "Ron"}, PERSONA)
     with pytest.raises(ValueError, match=r"unknown placeholders \['mood'\]"):
-        dpg.personality_prompt(VECTOR, {"name": "Ron"}, "{name} {mood}")
+        rows.personality_prompt(VECTOR, {"name": "Ron"}, "{name} {mood}")
     with pytest.raises(ValueError, match="no name"):
-        dpg.personality_prompt(VECTOR, {"house": "Gryffindor"}, PERSONA)
+        rows.personality_prompt(VECTOR, {"house": "Gryffindor"}, PERSONA)
 
 
 def test_reply_rows_one_per_reply_to_someone_else():
@@ -194,16 +194,16 @@ def test_reply_rows_one_per_reply_to_someone_else():
                         turn("Harry Potter", "h3"), turn("Ron Weasley", "r4"), turn("Hermione Granger", "m5"),
                         turn("Harry Potter", "h6")]}
     other = {**sample, "sample_id": "hp:2:harry-potter"}
-    rows, stats = dpg.reply_rows([sample, other], {"hp:1:harry-potter": VECTOR}, PERSONA, context_turns=2)
+    got, stats = rows.reply_rows([sample, other], {"hp:1:harry-potter": VECTOR}, PERSONA, context_turns=2)
     assert stats == {"rows": 2, "no_preceding_turn": 2, "samples_without_vector": 1}
-    system = dpg.personality_prompt(VECTOR, sample["info"], PERSONA)
-    assert rows[0] == {"prompt": [{"role": "system", "content": system},
-                                  {"role": "user", "content": "Harry Potter: h0\nRon Weasley: r1"}],
-                       "completion": [{"role": "assistant", "content": "h2"}], "sample_id": "hp:1:harry-potter",
-                       "turn": 2}
-    assert rows[1]["prompt"][1]["content"] == "Ron Weasley: r4\nHermione Granger: m5"
-    assert rows[1]["completion"][0]["content"] == "h6"
-    one, _ = dpg.reply_rows([sample], {"hp:1:harry-potter": VECTOR}, PERSONA, context_turns=1)
+    system = rows.personality_prompt(VECTOR, sample["info"], PERSONA)
+    assert got[0] == {"prompt": [{"role": "system", "content": system},
+                                 {"role": "user", "content": "Harry Potter: h0\nRon Weasley: r1"}],
+                      "completion": [{"role": "assistant", "content": "h2"}], "sample_id": "hp:1:harry-potter",
+                      "turn": 2}
+    assert got[1]["prompt"][1]["content"] == "Ron Weasley: r4\nHermione Granger: m5"
+    assert got[1]["completion"][0]["content"] == "h6"
+    one, _ = rows.reply_rows([sample], {"hp:1:harry-potter": VECTOR}, PERSONA, context_turns=1)
     assert one[1]["prompt"][1]["content"] == "Hermione Granger: m5"
 
 
@@ -217,13 +217,13 @@ def test_training_rows_split_and_cap_each_split_with_a_seeded_sample():
     samples = [sample(k, "train" if k < 6 else "heldout") for k in range(8)]
     vectors = {s["sample_id"]: VECTOR for s in samples}
     sft = {"context_turns": 1, "max_rows": 4, "seed": 0}
-    rows, stats = dpg.training_rows(samples, vectors, PERSONA, sft)
-    assert len(rows["train"]) == 4 and len(rows["heldout"]) == 2 and stats["train"]["rows"] == 6
-    assert {r["sample_id"] for r in rows["heldout"]} == {"hp:6:harry-potter", "hp:7:harry-potter"}
-    assert rows == dpg.training_rows(samples, vectors, PERSONA, sft)[0]  # seeded: the same rows every call
-    other = dpg.training_rows(samples, vectors, PERSONA, {**sft, "seed": 1})[0]["train"]
-    assert {r["sample_id"] for r in other} != {r["sample_id"] for r in rows["train"]}
-    uncapped = dpg.training_rows(samples, vectors, PERSONA, {**sft, "max_rows": None})[0]
+    split_rows, stats = rows.training_rows(samples, vectors, PERSONA, sft)
+    assert len(split_rows["train"]) == 4 and len(split_rows["heldout"]) == 2 and stats["train"]["rows"] == 6
+    assert {r["sample_id"] for r in split_rows["heldout"]} == {"hp:6:harry-potter", "hp:7:harry-potter"}
+    assert split_rows == rows.training_rows(samples, vectors, PERSONA, sft)[0]  # seeded: the same rows every call
+    other = rows.training_rows(samples, vectors, PERSONA, {**sft, "seed": 1})[0]["train"]
+    assert {r["sample_id"] for r in other} != {r["sample_id"] for r in split_rows["train"]}
+    uncapped = rows.training_rows(samples, vectors, PERSONA, {**sft, "max_rows": None})[0]
     assert len(uncapped["train"]) == 6
 
 
@@ -233,29 +233,29 @@ def _named(counts: dict[str, int]) -> list[dict]:
 
 def test_select_windows_keeps_the_most_frequent_characters_and_caps_each():
     samples = _named({"Harry": 5, "Ron": 3, "Dobby": 1, "Hermione": 3})
-    picked = dpg.select_windows(samples, max_characters=2, max_per_character=2, seed=0)
+    picked = data.select_windows(samples, max_characters=2, max_per_character=2, seed=0)
     assert sorted({s["character"] for s in picked}) == ["Harry", "Hermione"]  # Hermione beats Ron on the name tie
     assert [s["character"] for s in picked].count("Harry") == 2
     harry = [int(s["sample_id"].split(":")[1]) for s in picked if s["character"] == "Harry"]
     assert harry == sorted(harry)  # script order kept
-    assert picked == dpg.select_windows(samples, 2, 2, seed=0)
-    assert len(dpg.select_windows(samples, None, None)) == 12
+    assert picked == data.select_windows(samples, 2, 2, seed=0)
+    assert len(data.select_windows(samples, None, None)) == 12
 
 
 def test_heldout_characters_leave_one_for_training():
     samples = _named({"Harry": 2, "Ron": 1, "Hermione": 1})
-    held = dpg.heldout_characters(samples, 2, seed=0)
+    held = data.heldout_characters(samples, 2, seed=0)
     assert len(held) == 2 and set(held) < {"Harry", "Ron", "Hermione"}
-    assert dpg.heldout_characters(samples, 0) == []
+    assert data.heldout_characters(samples, 0) == []
     with pytest.raises(ValueError, match="at least one must stay"):
-        dpg.heldout_characters(samples, 3)
+        data.heldout_characters(samples, 3)
 
 
 def test_heldout_characters_come_from_those_with_enough_windows():
     samples = _named({"Harry": 9, "Ron": 8, "Hermione": 1, "Neville": 2, "Luna": 3})
     for seed in range(5):
-        held = dpg.heldout_characters(samples, 2, seed=seed, min_windows=8)
+        held = data.heldout_characters(samples, 2, seed=seed, min_windows=8)
         assert held == ["Harry", "Ron"]  # the only two with >= 8 windows, whatever the seed
-    assert len({dpg.heldout_characters(samples, 1, seed=s, min_windows=2)[0] for s in range(20)}) > 1
+    assert len({data.heldout_characters(samples, 1, seed=s, min_windows=2)[0] for s in range(20)}) > 1
     with pytest.raises(ValueError, match=r"only 1 have that many \(Harry\)"):
-        dpg.heldout_characters(samples, 2, min_windows=9)
+        data.heldout_characters(samples, 2, min_windows=9)

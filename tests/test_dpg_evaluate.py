@@ -1,12 +1,12 @@
 """DPG generation units and evaluation helpers (lib/dpg/evaluate.py), and the assessment runner that 05 and 12 share
-(lib.dpg.assess.assess_samples) in both readings."""
+(lib.dpg.label.assess_samples) in both readings."""
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lib.dpg import assess, evaluate
+from lib.dpg import evaluate, label
 from lib.traits import TRAITS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def test_generated_replies_become_the_characters_lines_for_the_assessor():
     assert [(t["speaker"], t["text"]) for t in samples[0]["turns"]] == [
         ("Ron Weasley", "Hi."), ("Harry Potter", "Hello."), ("Ron Weasley", "Wicked!"),
         ("Ron Weasley", "Bloody hell."), ("Hermione Granger", "Language."), ("Ron Weasley", "...")]
-    chat = assess.assessment_chats(samples[0], "E", (ROOT / "params/prompts/dpg_assess_vanilla.txt").read_text())
+    chat = label.assessment_chats(samples[0], "E", (ROOT / "params/prompts/dpg_assess_vanilla.txt").read_text())
     assert "Ron Weasley: Wicked!" in chat[0]["content"]
     with pytest.raises(ValueError, match="unit char:a: 1 replies for 2 contexts"):
         evaluate.generated_samples(units, {"char:a": ["x"], "char:b": ["y"]})
@@ -161,18 +161,18 @@ def test_assess_samples_by_teacher_counts_a_reply_that_never_parses_and_resumes(
     template = (ROOT / "params/prompts/dpg_assess_vanilla.txt").read_text()
     out, rej = tmp_path / "s.jsonl", tmp_path / "s_rejects.jsonl"
     teacher = _Assessor()
-    rows, stats = assess.assess_samples(samples, template, None, settings, out, rej, teacher=teacher)
+    rows, stats = label.assess_samples(samples, template, None, settings, out, rej, teacher=teacher)
     assert len(rows) == 9 and set(rows["score"]) == {2} and stats["rejects"] == 1
     assert list(stats["reject_reasons"].values()) == [1]
-    table = assess.score_table(rows).set_index("sample_id")
+    table = label.score_table(rows).set_index("sample_id")
     assert np.isnan(table.loc["y", "O"]) and table.loc["x", "O"] == 2
     asked = teacher.calls
-    again, stats2 = assess.assess_samples(samples, template, None, settings, out, rej, teacher=_Assessor())
+    again, stats2 = label.assess_samples(samples, template, None, settings, out, rej, teacher=_Assessor())
     assert len(again) == 9 and stats2["runs"][0]["skipped"] == 10 and asked == 10 + 1  # one repair round
     with pytest.raises(ValueError, match="needs a teacher"):
-        assess.assess_samples(samples, template, None, settings, tmp_path / "z.jsonl", rej)
+        label.assess_samples(samples, template, None, settings, tmp_path / "z.jsonl", rej)
     with pytest.raises(ValueError, match="no samples"):
-        assess.assess_samples([], template, None, settings, out, rej, teacher=teacher)
+        label.assess_samples([], template, None, settings, out, rej, teacher=teacher)
 
 
 def test_assess_samples_by_loglik_writes_once_and_reads_back(tmp_path, tiny_llama_dir):
@@ -183,14 +183,14 @@ def test_assess_samples_by_loglik_writes_once_and_reads_back(tmp_path, tiny_llam
     template = (ROOT / "params/prompts/dpg_assess_vanilla.txt").read_text()
     samples = [_sample("x", [("Harry Potter", "Hi."), ("Ron Weasley", "Hello.")])]
     out = tmp_path / "s.jsonl"
-    rows, stats = assess.assess_samples(samples, template, None, settings, out, tmp_path / "r.jsonl",
-                                        model=model, tokenizer=tok)
+    rows, stats = label.assess_samples(samples, template, None, settings, out, tmp_path / "r.jsonl",
+                                       model=model, tokenizer=tok)
     assert len(rows) == 5 and stats["prompts"] == 5 and out.exists() and not out.with_suffix(".tmp").exists()
-    expected, _ = assess.loglik_scores(model, tok, [assess.assessment_chats(samples[0], t, template, answer="score")
-                                                   for t in TRAITS])
+    expected, _ = label.loglik_scores(model, tok, [label.assessment_chats(samples[0], t, template, answer="score")
+                                                  for t in TRAITS])
     np.testing.assert_allclose(rows["score"], expected, atol=1e-6)
-    back, stats = assess.assess_samples(samples, template, None, settings, out, tmp_path / "r.jsonl",
-                                        model=model, tokenizer=tok)
+    back, stats = label.assess_samples(samples, template, None, settings, out, tmp_path / "r.jsonl",
+                                       model=model, tokenizer=tok)
     assert stats == {"kept": True} and back["score"].tolist() == pytest.approx(rows["score"].tolist())
     with pytest.raises(ValueError, match="needs the model"):
-        assess.assess_samples(samples, template, None, settings, tmp_path / "q.jsonl", tmp_path / "r.jsonl")
+        label.assess_samples(samples, template, None, settings, tmp_path / "q.jsonl", tmp_path / "r.jsonl")

@@ -8,7 +8,7 @@ far the personality assessed on it lies from the one asked for.
     chats = unit_chats(unit, template, persona_in_context=True)     # one chat per held-out reply context
 
 12_eval puts each unit's replies back into its contexts as the character's lines (`generated_samples`), so the
-assessment machine of 05 scores them as it scored the films, and P.S.D.C. (lib.dpg.assess.psdc) compares the two
+assessment machine of 05 scores them as it scored the films, and P.S.D.C. (lib.dpg.label.psdc) compares the two
 vectors. The coherency and consistency judges read a 1-5 rating by log-likelihood (`judge_chats`).
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from lib.dpg import check_vector, personality_prompt, render_turns
+from lib.dpg.data import render_turns
+from lib.dpg.rows import check_vector, personality_prompt
 from lib.traits import TRAITS
 
 METHODS = ("base", "prompt", "lora_sft", "dpg")  # base: no personality at all, the floor every method must beat
@@ -115,14 +116,14 @@ def unit_persona(unit: Mapping, template: str) -> str:
 
 def unit_chats(unit: Mapping, template: str, persona_in_context: bool) -> list[list[dict]]:
     """One chat per context: the personality prompt as the system turn (when the method reads it) and the turns
-    before the reply as the user turn, as the students were trained (lib.dpg.reply_rows)."""
+    before the reply as the user turn, as the students were trained (lib.dpg.rows.reply_rows)."""
     persona = unit_persona(unit, template)
     head = [{"role": "system", "content": persona}] if persona_in_context else []
     return [head + [{"role": "user", "content": render_turns(c)}] for c in unit["contexts"]]
 
 
 def generated_samples(units: Sequence[Mapping], replies: Mapping[str, Sequence[str]]) -> list[dict]:
-    """Assessment samples (lib.dpg.assess) of what a student wrote: per unit, its contexts with the generated reply
+    """Assessment samples (lib.dpg.label) of what a student wrote: per unit, its contexts with the generated reply
     after each as the character's line. `replies[unit_id]` holds one reply per context; an empty reply stays in as
     an empty line (the assessor sees that the character said nothing)."""
     out = []

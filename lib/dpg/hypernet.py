@@ -24,7 +24,7 @@ batched matrix products (`PerSampleLoRA`), not by switching peft adapters. Usage
     with lora_weights(model, hyper(cond), hyper.scale):           # per-sample A, B for this batch
         logits = model(input_ids=ids, attention_mask=mask).logits
 
-`train_hypernet` trains it on conversational rows (lib/dpg `reply_rows`, personality prompt as the system turn),
+`train_hypernet` trains it on conversational rows (lib.dpg.rows `reply_rows`, personality prompt as the system turn),
 resuming from its last checkpoint after a kill; `generate` decodes a batch with one generated LoRA per sample.
 """
 from __future__ import annotations

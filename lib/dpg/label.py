@@ -1,11 +1,13 @@
-"""DPG's personality assessment machine, its reliability checks, the outlier filter and P.S.D.C.
+"""DPG's labelling: the personality assessment of the character windows by the teacher (05_label_dpg), its
+reliability checks, the outlier filter, and P.S.D.C.
 
 DPG (arXiv 2404.07084) labels each character window with a Big-Five vector: per sample and dimension an LLM
 "psychologist" with expert knowledge of the trait and its six NEO-PI-R facets reads the dialogue and scores the
 character from -5 to 5 with the anchors of its predecessor (Wang et al. 2023): +5 high across many facets, +2 high
 on one facet, 0 cannot tell, -2 low on one facet, -5 low across many. The reply is JSON {"analysis", "result"}.
 The same machine scores the students' generated dialogue in 12_eval, where P.S.D.C. compares the vector a student
-was prompted with and the one assessed on what it wrote.
+was prompted with and the one assessed on what it wrote. P.S.D.C. lives here beside the machine whose scores it
+compares (it is the one piece of this module that only 12_eval runs).
 
     knowledge = load_knowledge("params/prompts/dpg_knowledge.yaml")
     template = load_template("params/prompts/dpg_assess_knowledge.txt")          # or dpg_assess_vanilla.txt
@@ -35,7 +37,7 @@ import pandas as pd
 import yaml
 
 from lib.config import spec_dir
-from lib.dpg import load_template, render_turns  # noqa: F401  (load_template: re-exported for the notebooks)
+from lib.dpg.data import render_turns
 from lib.psychometrics import likert_loglik
 from lib.records import read_jsonl
 from lib.stats import mean_ci
@@ -65,6 +67,14 @@ PUBLISHED_PSDC = {"DPG": 3.14, "GPT-4 prompting": 3.36, "LoRA-SFT": 4.25}
 
 # ---------------------------------------------------------------------------------------------------------------
 # Knowledge and prompts
+
+
+def load_template(path: str | Path) -> str:
+    """A prompt template file's text (params/prompts/dpg_*.txt)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt template not found: {path}")
+    return path.read_text(encoding="utf-8")
 
 
 def load_knowledge(path: str | Path) -> dict[str, dict]:
