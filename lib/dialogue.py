@@ -29,11 +29,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lib.prompts import check_template
 from lib.records import RecordError, append_jsonl, check_ids, done_ids
 from lib.teacher import InvalidReply, Messages, RunStats, Sampling, generate_validated, run_records
 
 # Leading list markers: "1.", "2)", "(3)", "-", "*", "•", ">", "Turn 4:".
 _NUMBERING = re.compile(r"^(?:\(?\d{1,3}[.):\]]|[-*•>]|turn\s+\d{1,3}\s*[:.)-]?)\s+", re.IGNORECASE)
+WHOLE_FIELDS = {"name_a", "name_b", "journal_a", "journal_b", "n_turns", "max_words"}  # the `whole` template's
+TURN_FIELDS = {"speaker", "other", "journal", "max_words"}  # the `turn` persona template's
 QUOTES = "\"'“”‘’«»"  # quote characters a teacher wraps an utterance in
 
 
@@ -168,13 +171,6 @@ def _check_pairs(pairs: Sequence[dict]) -> None:
             raise ValueError(f"dialogue pair {pair['id']!r}: speaker names must differ, got {a!r} twice")
 
 
-def _check_template(template: str, fields: dict[str, Any]) -> None:
-    try:
-        template.format(**fields)
-    except (KeyError, IndexError) as exc:
-        raise ValueError(f"prompt template uses unknown field {exc}; allowed: {sorted(fields)}") from None
-
-
 def dialogue_repair_prompt(rules: dict[str, str]) -> Callable[[str], str]:
     """Repair instructions for a whole-dialogue reply: the rule it broke (`rules` by InvalidReply reason), then the ask."""
     def prompt(reason: str) -> str:
@@ -293,12 +289,11 @@ def synthesize_dialogues(pairs: Sequence[dict], mode: str, teacher: Any, samplin
         raise ValueError(f"synthesize_dialogues: unknown mode {mode!r} (expected 'whole' or 'turn')")
     _check_pairs(pairs)
     if mode == "whole":
-        _check_template(template, {"name_a": "A", "name_b": "B", "journal_a": "", "journal_b": "",
-                                   "n_turns": n_turns, "max_words": max_words})
+        check_template(template, WHOLE_FIELDS, what="dialogue")
         return _synthesize_whole(list(pairs), teacher, sampling, out_path, rejects_path, template, system_prompt,
                                  n_turns, max_words, max_repairs, batch_size,
                                  repair_prompt or whole_repair_prompt(n_turns, max_words))
-    _check_template(template, {"speaker": "A", "other": "B", "journal": "", "max_words": max_words})
+    check_template(template, TURN_FIELDS, what="turn")
     t0 = time.perf_counter()
     stats = RunStats()
     done = done_ids(out_path, rejects_path)

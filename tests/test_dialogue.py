@@ -239,7 +239,7 @@ def test_synthesize_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="pair 'p0': missing or non-string 'journal_b'"):
         synthesize_dialogues([{k: v for k, v in PAIRS[0].items() if k != "journal_b"}], "whole", WholeStub(), *args,
                              WHOLE, SYSTEM)
-    with pytest.raises(ValueError, match="unknown field 'name_a'"):
+    with pytest.raises(ValueError, match=r"turn template has unknown placeholders \[.*'name_a'"):
         synthesize_dialogues(PAIRS, "turn", WholeStub(), *args, WHOLE, SYSTEM)
 
 

@@ -13,13 +13,13 @@ vectors. The coherency and consistency judges read a 1-5 rating by log-likelihoo
 """
 from __future__ import annotations
 
-import string
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from lib.dpg.data import render_turns
 from lib.dpg.rows import check_vector, personality_prompt
+from lib.prompts import check_template
 from lib.traits import TRAITS
 
 METHODS = ("base", "prompt", "lora_sft", "dpg")  # base: no personality at all, the floor every method must beat
@@ -141,12 +141,7 @@ def generated_samples(units: Sequence[Mapping], replies: Mapping[str, Sequence[s
 
 def judge_chats(unit: Mapping, replies: Sequence[str], template: str, persona_template: str) -> list[list[dict]]:
     """One rating chat per reply: the judge template filled with {character}, {context}, {reply} and {persona}."""
-    fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    unknown = fields - JUDGE_FIELDS
-    if unknown:
-        raise ValueError(f"judge template has unknown placeholders {sorted(unknown)}; allowed: {sorted(JUDGE_FIELDS)}")
-    if "reply" not in fields:
-        raise ValueError("judge template has no {reply} placeholder")
+    check_template(template, JUDGE_FIELDS, required=("reply",), what="judge")
     persona = unit_persona(unit, persona_template)
     return [[{"role": "user", "content": template.format(character=unit["character"], context=render_turns(c),
                                                           reply=str(r).strip() or "(nothing)", persona=persona).strip()}]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import string
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,6 +37,7 @@ import yaml
 
 from lib.config import spec_dir
 from lib.dpg.data import render_turns
+from lib.prompts import check_template
 from lib.psychometrics import likert_loglik
 from lib.records import read_jsonl
 from lib.stats import mean_ci
@@ -146,10 +146,6 @@ def render_dialogue(turns: Sequence[Mapping], max_words: int | None = None) -> t
     return render_turns(kept), len(turns) - len(kept)
 
 
-def _fields(template: str) -> set[str]:
-    return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
-
-
 def assessment_chats(sample: Mapping, trait: str, template: str, knowledge: Mapping | None = None,
                      max_words: int | None = 600, answer: str = "json") -> Messages:
     """The psychologist's chat for one sample and trait: the filled template as a single user message.
@@ -164,14 +160,7 @@ def assessment_chats(sample: Mapping, trait: str, template: str, knowledge: Mapp
         raise ValueError(f"unknown trait {trait!r}; expected one of {list(TRAITS)}")
     if answer not in ANSWER_FORMATS:
         raise ValueError(f"answer must be one of {sorted(ANSWER_FORMATS)}, got {answer!r}")
-    fields = _fields(template)
-    unknown = fields - ASSESS_FIELDS
-    if unknown:
-        raise ValueError(f"assessment template has unknown placeholders {sorted(unknown)}; "
-                         f"allowed: {sorted(ASSESS_FIELDS)}")
-    for required in ("dialogue", "answer_format"):
-        if required not in fields:
-            raise ValueError(f"assessment template has no {{{required}}} placeholder")
+    fields = check_template(template, ASSESS_FIELDS, required=("dialogue", "answer_format"), what="assessment")
     values = {"character": sample["character"], "trait_name": NAMES[trait]}
     if fields & KNOWLEDGE_FIELDS:
         if knowledge is None:

@@ -7,13 +7,13 @@ their comparison is fair by construction; 11 and 12 prompt the students with the
 from __future__ import annotations
 
 import math
-import string
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 
 from lib.dpg.data import known_value, render_turns
 from lib.films import INFO_FIELDS
+from lib.prompts import check_template
 from lib.traits import NAMES, TRAITS
 
 PERSONA_FIELDS = {"name", "info", "scores", *TRAITS}
@@ -55,10 +55,6 @@ def _score_text(value: float) -> str:
     return f"{value:+.2f}".rstrip("0")
 
 
-def _template_fields(template: str) -> set[str]:
-    return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
-
-
 def personality_prompt(vector: Mapping, info: Mapping, template: str) -> str:
     """The personality prompt that conditions the student: Big-Five scores plus character information.
 
@@ -66,10 +62,7 @@ def personality_prompt(vector: Mapping, info: Mapping, template: str) -> str:
     line per trait) and {O} ... {N} (each score alone).
     """
     scores = check_vector(vector)
-    unknown = _template_fields(template) - PERSONA_FIELDS
-    if unknown:
-        raise ValueError(f"personality template has unknown placeholders {sorted(unknown)}; "
-                         f"allowed: {sorted(PERSONA_FIELDS)}")
+    check_template(template, PERSONA_FIELDS, what="personality")
     name = str(info.get("name") or "").strip()
     if not name:
         raise ValueError(f"character info has no name: {dict(info)!r}")
