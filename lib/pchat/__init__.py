@@ -6,7 +6,7 @@ The paper's pipeline: PersonaChat personas -> a teacher labels each persona per 
 speakers and the teacher writes one whole dialogue conditioned on both personas and both speakers' traits
 (single-agent generation, `06_synthesize`) -> response generators fine-tuned on PersonaChat (P), the synthesized set
 (PT) and both (P+PT), with the responder's persona facts and trait labels as control text (`08_sft`). Everything here
-is plain data handling, tested without a model; the metrics are in lib/pchat/dialogue_stats.py.
+is plain data handling, tested without a model; the metrics are in lib/pchat/evaluate.py.
 
     dialogues, rejects = pchat.load_personachat("../shared/data/personachat/xpersona_en_valid.json", errors="skip")
     labels, failures = pchat.parse_trait_labels(teacher_reply, facts)  # 05_label: per trait, valid or failed
