@@ -283,22 +283,23 @@ def big5chat_facts(cfg: dict, root: Path) -> dict:
 def pchat_facts(cfg: dict, root: Path) -> dict:
     """The dialogue shape of PersonaChat from the mirror's human test set (XPersona valid) and the teachers' prompts
     built on its personas."""
-    from lib import pchat
+    from lib.pchat import data, label, rows, synthesize
     from lib.traits import LEVELS, TRAITS
 
-    human, _ = pchat.load_personachat(root / cfg["scrape"]["pchat"]["human_test_path"])
-    rows, _ = pchat.sft_rows(human)
+    human, _ = data.load_personachat(root / cfg["scrape"]["pchat"]["human_test_path"])
+    human_rows, _ = rows.sft_rows(human)
     personas = [d["personas"]["B"] or d["personas"]["A"] for d in human]
     sp, label_tpl = cfg["synthesize"]["pchat"], config.read_text(cfg["label"]["pchat"]["template"])
     levels = dict(zip(TRAITS, LEVELS * 3))
-    synth = [pchat.dialogue_messages({"A": a, "B": b}, {"A": levels, "B": levels}, sp["min_turns"], sp["n_turns"],
-                                     ("Alex", "Sam"), template=config.read_text(sp["whole_template"]),
-                                     system_prompt=config.read_text(sp["system_prompt"]))
+    synth = [synthesize.dialogue_messages({"A": a, "B": b}, {"A": levels, "B": levels}, sp["min_turns"],
+                                          sp["n_turns"], ("Alex", "Sam"),
+                                          template=config.read_text(sp["whole_template"]),
+                                          system_prompt=config.read_text(sp["system_prompt"]))
              for a, b in itertools.pairwise(personas)]
-    return {"pchat_human_dialogues": len(human), "pchat_human_contexts": len(rows),
+    return {"pchat_human_dialogues": len(human), "pchat_human_contexts": len(human_rows),
             "pchat_turns_per_dialogue": round(mean(len(d["turns"]) for d in human), 2),
-            "pchat_row_chars": _mean_chars(rows),
-            "pchat_label_prompt_chars": round(mean(len(pchat.label_messages(x, label_tpl)[-1]["content"])
+            "pchat_row_chars": _mean_chars(human_rows),
+            "pchat_label_prompt_chars": round(mean(len(label.label_messages(x, label_tpl)[-1]["content"])
                                                    for x in personas)),
             "pchat_synth_prompt_chars": round(mean(sum(len(m["content"]) for m in chat) for chat in synth))}
 

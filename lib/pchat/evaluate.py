@@ -1,5 +1,5 @@
-"""Dialogue statistics and response metrics of PersonalityChat (arXiv 2401.07363): Table 3 and the trait-control
-analysis, for `12_eval_pchat`.
+"""Evaluation of PersonalityChat (12_eval): dataset statistics (the paper's Table 3), response metrics per model and
+test set, and the trait-control analysis of the probe replies.
 
 - Dataset statistics (the paper's Table 3, PersonaChat vs PersonalityChat): dialogues, utterances, words per turn,
   MTLD (paper: PersonalityChat 69.1 vs PersonaChat 50.3) and MCN, persona-fact incorporation.
@@ -10,10 +10,10 @@ analysis, for `12_eval_pchat`.
   seed) with a 95 % interval over contexts; the paper found that higher O, E and A give more expressive, positive
   and engaging utterances.
 
-    row = dialogue_stats.dataset_stats(dialogues, encode=lambda t: embed(t, minilm_dir), mcn_threshold=0.5)
-    scores = dialogue_stats.response_metrics(generated, references)
-    diffs = dialogue_stats.paired_differences(probes)       # [{"model", "id", "turn", "seed", "trait", "level", "text"}]
-    table = dialogue_stats.control_summary(diffs)           # per model x trait x marker: diff, 95 % interval, verdict
+    row = evaluate.dataset_stats(dialogues, encode=lambda t: embed(t, minilm_dir), mcn_threshold=0.5)
+    scores = evaluate.response_metrics(generated, references)
+    diffs = evaluate.paired_differences(probes)       # [{"model", "id", "turn", "seed", "trait", "level", "text"}]
+    table = evaluate.control_summary(diffs)           # per model x trait x marker: diff, 95 % interval, verdict
 
 Libraries: MTLD and TTR from `lexicalrichness`, sentiment from `vaderSentiment` (its bundled lexicon), Empath
 categories from `empath` (its bundled lexicon; `Empath.create_category` would call a web service and is never used),
