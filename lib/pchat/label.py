@@ -24,7 +24,8 @@ from typing import Any
 
 from lib.pchat import LABELS
 from lib.pchat.data import normalize_fact
-from lib.pchat.synthesize import check_template, content_words, persona_block, strip_markup
+from lib.pchat.synthesize import content_words, persona_block, strip_markup
+from lib.prompts import check_template
 from lib.records import read_jsonl
 from lib.teacher import InvalidReply, run_records
 from lib.traits import LEVELS, NAMES, TRAITS
@@ -50,7 +51,7 @@ def label_messages(facts: Sequence[str], template: str, system_prompt: str | Non
     """The teacher's chat for labelling one persona; `template` (params/prompts/pchat_label.txt) has {persona}."""
     if not facts:
         raise ValueError("label_messages: a persona needs at least one fact")
-    check_template(template, {"persona"})
+    check_template(template, {"persona"}, what="label")
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return messages + [{"role": "user", "content": template.format(persona=persona_block(facts)).strip()}]
 
@@ -130,7 +131,7 @@ def trait_label_messages(facts: Sequence[str], trait: str, template: str,
         raise ValueError(f"unknown trait {trait!r}; expected one of {list(TRAITS)}")
     if not facts:
         raise ValueError("trait_label_messages: a persona needs at least one fact")
-    check_template(template, {"persona", "trait"})
+    check_template(template, {"persona", "trait"}, what="label")
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     content = template.format(persona=persona_block(facts), trait=NAMES[trait])
     return messages + [{"role": "user", "content": content.strip()}]

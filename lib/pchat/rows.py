@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from lib.pchat.synthesize import check_template, persona_block, traits_text
+from lib.pchat.synthesize import persona_block, traits_text
+from lib.prompts import check_template
 
 # Fields: {persona} (bulleted facts) and {personality} (the traits line, or "" when the row has no traits).
 DEFAULT_SFT_SYSTEM = "You are chatting with a new acquaintance.\nYour persona:\n{persona}\n{personality}"
@@ -19,7 +20,7 @@ TRAINING_SETS = ("P", "PT", "P+PT")
 def control_text(facts: Sequence[str], levels: Mapping[str, str] | None,
                  template: str = DEFAULT_SFT_SYSTEM) -> str:
     """The responder's control text: persona facts, then "Your personality: ..." when trait levels are given."""
-    check_template(template, {"persona", "personality"})
+    check_template(template, {"persona", "personality"}, what="control")
     personality = f"Your personality: {traits_text(levels)}" if levels else ""
     return template.format(persona=persona_block(facts), personality=personality).strip()
 

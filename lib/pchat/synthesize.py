@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import random
 import re
-import string
 from collections.abc import Callable, Mapping, Sequence
 
 from lib.dialogue import dialogue_repair_prompt, strip_quotes
 from lib.pchat import LABELLED, LABELS, SPEAKERS
+from lib.prompts import check_template
 from lib.teacher import InvalidReply
 from lib.traits import LEVELS, NAMES, TRAITS
 
@@ -148,20 +148,12 @@ def persona_block(facts: Sequence[str]) -> str:
 DIALOGUE_FIELDS = {"name_a", "name_b", "persona_a", "persona_b", "traits_a", "traits_b", "min_turns", "max_turns"}
 
 
-def check_template(template: str, allowed: set[str]) -> None:
-    """ValueError when `template` has a placeholder outside `allowed` (every prompt template of the package)."""
-    fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    if fields - allowed:
-        raise ValueError(f"prompt template has unknown placeholders {sorted(fields - allowed)}; "
-                         f"allowed: {sorted(allowed)}")
-
-
 def dialogue_messages(personas: Mapping[str, Sequence[str]], traits: Mapping[str, Mapping[str, str]],
                       min_turns: int, max_turns: int, names: tuple[str, str] = ("A", "B"), *, template: str,
                       system_prompt: str | None = None) -> list[dict]:
     """The teacher's chat for one synthesized dialogue: both personas and both speakers' trait levels. `template`
     (params/prompts/pchat_whole.txt) may use the fields of DIALOGUE_FIELDS."""
-    check_template(template, DIALOGUE_FIELDS)
+    check_template(template, DIALOGUE_FIELDS, what="dialogue")
     for s in SPEAKERS:
         if not personas.get(s):
             raise ValueError(f"dialogue_messages: speaker {s} has no persona facts")
