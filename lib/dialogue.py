@@ -1,11 +1,12 @@
-"""JIC dialogue synthesis: a teacher LLM writes short two-person conversations from two authors' journals.
+"""Two-speaker dialogue synthesis: a teacher LLM writes short conversations between two speakers from a text
+about each (JIC: the authors' journals; PersonalityChat's turn mode: persona and traits).
 
 Two modes, same output:
 
 - `whole` (the paper): one teacher call writes all `n_turns` utterances from a prompt template (fields
-  {name_a} {name_b} {journal_a} {journal_b} {n_turns} {max_words}); `parse_dialogue` validates the reply.
+  {name_a} {name_b} {profile_a} {profile_b} {n_turns} {max_words}); `parse_dialogue` validates the reply.
 - `turn` (for tiny local teachers that cannot write 9 well-formed lines in one go): the teacher writes one
-  utterance at a time as the current speaker (persona template fields {speaker} {other} {journal}
+  utterance at a time as the current speaker (persona template fields {speaker} {other} {profile}
   {max_words}, appended to the system prompt; the dialogue so far is the chat, the speaker's own turns as
   `assistant` and the other's as `user`); `parse_utterance` cleans each reply. Turn t of every dialogue in a batch is one teacher call.
 
@@ -17,9 +18,9 @@ Invalid replies raise `InvalidReply` with a short reason ("turn_count", "speaker
                                  template=Path("params/prompts/jic_whole.txt").read_text(),
                                  system_prompt=Path("params/prompts/jic_system.txt").read_text())
 
-Each pair is {"id", "author_a", "author_b", "journal_a", "journal_b"} plus optional display names
-"name_a"/"name_b" (default "A"/"B"); each output is {"id", "author_a", "author_b", "turns": [{"speaker":
-"A"|"B", "author", "text"}, ...], "repairs"}.
+Each pair is {"id", "speaker_a", "speaker_b", "profile_a", "profile_b"}: who speaks as A and as B (an id) and the
+text the teacher writes each from, plus optional display names "name_a"/"name_b" (default "A"/"B"); each output is
+{"id", "speaker_a", "speaker_b", "turns": [{"speaker": "A"|"B", "speaker_id", "text"}, ...], "repairs"}.
 """
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ from lib.teacher import InvalidReply, Messages, RunStats, Sampling, generate_val
 
 # Leading list markers: "1.", "2)", "(3)", "-", "*", "•", ">", "Turn 4:".
 _NUMBERING = re.compile(r"^(?:\(?\d{1,3}[.):\]]|[-*•>]|turn\s+\d{1,3}\s*[:.)-]?)\s+", re.IGNORECASE)
-WHOLE_FIELDS = {"name_a", "name_b", "journal_a", "journal_b", "n_turns", "max_words"}  # the `whole` template's
-TURN_FIELDS = {"speaker", "other", "journal", "max_words"}  # the `turn` persona template's
+WHOLE_FIELDS = {"name_a", "name_b", "profile_a", "profile_b", "n_turns", "max_words"}  # the `whole` template's
+TURN_FIELDS = {"speaker", "other", "profile", "max_words"}  # the `turn` persona template's
 QUOTES = "\"'“”‘’«»"  # quote characters a teacher wraps an utterance in
 
 
@@ -163,7 +164,7 @@ def _names(pair: dict) -> tuple[str, str]:
 def _check_pairs(pairs: Sequence[dict]) -> None:
     check_ids(pairs)
     for pair in pairs:
-        for key in ("author_a", "author_b", "journal_a", "journal_b"):
+        for key in ("speaker_a", "speaker_b", "profile_a", "profile_b"):
             if not isinstance(pair.get(key), str):
                 raise RecordError(f"dialogue pair {pair['id']!r}: missing or non-string {key!r}")
         a, b = _names(pair)
@@ -222,7 +223,7 @@ def _synthesize_whole(todo: list[dict], teacher: Any, sampling: Sampling, out_pa
                       max_repairs: int, batch_size: int, repair_prompt: Callable[[str], str]) -> RunStats:
     def build(pair: dict) -> Messages:
         name_a, name_b = _names(pair)
-        user = template.format(name_a=name_a, name_b=name_b, journal_a=pair["journal_a"], journal_b=pair["journal_b"],
+        user = template.format(name_a=name_a, name_b=name_b, profile_a=pair["profile_a"], profile_b=pair["profile_b"],
                                n_turns=n_turns, max_words=max_words)
         return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
 
@@ -232,8 +233,8 @@ def _synthesize_whole(todo: list[dict], teacher: Any, sampling: Sampling, out_pa
         out = []
         for i, t in enumerate(turns):
             side = "A" if i % 2 == 0 else "B"
-            out.append({"speaker": side, "author": pair["author_a" if side == "A" else "author_b"], "text": t["text"]})
-        return {"author_a": pair["author_a"], "author_b": pair["author_b"], "turns": out}
+            out.append({"speaker": side, "speaker_id": pair["speaker_a" if side == "A" else "speaker_b"], "text": t["text"]})
+        return {"speaker_a": pair["speaker_a"], "speaker_b": pair["speaker_b"], "turns": out}
 
     return run_records(todo, build, parse, teacher, sampling, out_path, rejects_path, max_repairs=max_repairs,
                        repair_prompt=repair_prompt, batch_size=batch_size)
@@ -255,7 +256,7 @@ def _synthesize_turns(todo: list[dict], teacher: Any, sampling: Sampling, out_pa
                 names = _names(pair)
                 me, other = (names[0], names[1]) if side == "A" else (names[1], names[0])
                 persona = template.format(speaker=me, other=other, max_words=max_words,
-                                          journal=pair["journal_a" if side == "A" else "journal_b"])
+                                          profile=pair["profile_a" if side == "A" else "profile_b"])
                 chats.append(_turn_chat(system_prompt, persona, turns[i], side, other))
                 parsers.append(lambda reply, names=names, said=turns[i]: _fresh(parse_utterance(reply, max_words,
                                                                                              labels=names), said))
@@ -264,8 +265,8 @@ def _synthesize_turns(todo: list[dict], teacher: Any, sampling: Sampling, out_pa
             for i, out in zip(active, outcomes):
                 pair = batch[i]
                 if out.ok:
-                    author = pair["author_a" if side == "A" else "author_b"]
-                    turns[i].append({"speaker": side, "author": author, "text": out.value})
+                    speaker_id = pair["speaker_a" if side == "A" else "speaker_b"]
+                    turns[i].append({"speaker": side, "speaker_id": speaker_id, "text": out.value})
                     repairs[i] += out.repairs
                     still.append(i)
                 else:
@@ -274,7 +275,7 @@ def _synthesize_turns(todo: list[dict], teacher: Any, sampling: Sampling, out_pa
             active = still
         for i in active:
             pair = batch[i]
-            append_jsonl(out_path, {"id": pair["id"], "author_a": pair["author_a"], "author_b": pair["author_b"],
+            append_jsonl(out_path, {"id": pair["id"], "speaker_a": pair["speaker_a"], "speaker_b": pair["speaker_b"],
                                     "turns": turns[i], "repairs": repairs[i]})
             stats.accepted += 1
             stats.repaired += repairs[i] > 0
@@ -284,7 +285,7 @@ def synthesize_dialogues(pairs: Sequence[dict], mode: str, teacher: Any, samplin
                          rejects_path: str | Path, template: str, system_prompt: str, n_turns: int = 9,
                          max_words: int = 20, max_repairs: int = 2, batch_size: int = 16,
                          repair_prompt: Callable[[str], str] | None = None) -> RunStats:
-    """Resumably write one validated dialogue per author pair to out_path (failures to rejects_path)."""
+    """Resumably write one validated dialogue per speaker pair to out_path (failures to rejects_path)."""
     if mode not in ("whole", "turn"):
         raise ValueError(f"synthesize_dialogues: unknown mode {mode!r} (expected 'whole' or 'turn')")
     _check_pairs(pairs)

@@ -97,14 +97,14 @@ def test_parse_utterance():
 
 # ---------------------------------------------------------------------------------------------- synthesis
 
-PAIRS = [{"id": f"p{i}", "author_a": f"au{i}", "author_b": f"bu{i}", "journal_a": f"I walked {i} miles today.",
-          "journal_b": f"Work was long, {i} meetings."} for i in range(3)]
+PAIRS = [{"id": f"p{i}", "speaker_a": f"au{i}", "speaker_b": f"bu{i}", "profile_a": f"I walked {i} miles today.",
+          "profile_b": f"Work was long, {i} meetings."} for i in range(3)]
 
 
 def check_dialogue(rec: dict, pair: dict, n_turns: int = 9) -> None:
-    assert rec["id"] == pair["id"] and rec["author_a"] == pair["author_a"] and rec["author_b"] == pair["author_b"]
+    assert rec["id"] == pair["id"] and rec["speaker_a"] == pair["speaker_a"] and rec["speaker_b"] == pair["speaker_b"]
     assert [t["speaker"] for t in rec["turns"]] == ["A", "B"] * (n_turns // 2) + ["A"] * (n_turns % 2)
-    assert [t["author"] for t in rec["turns"]] == [pair["author_a" if t["speaker"] == "A" else "author_b"]
+    assert [t["speaker_id"] for t in rec["turns"]] == [pair["speaker_a" if t["speaker"] == "A" else "speaker_b"]
                                                    for t in rec["turns"]]
     assert all(0 < len(t["text"].split()) <= 20 for t in rec["turns"])
 
@@ -236,8 +236,8 @@ def test_synthesize_rejects_bad_input(tmp_path):
     args = (Sampling(), tmp_path / "o.jsonl", tmp_path / "r.jsonl")
     with pytest.raises(ValueError, match="unknown mode 'both'"):
         synthesize_dialogues(PAIRS, "both", WholeStub(), *args, WHOLE, SYSTEM)
-    with pytest.raises(ValueError, match="pair 'p0': missing or non-string 'journal_b'"):
-        synthesize_dialogues([{k: v for k, v in PAIRS[0].items() if k != "journal_b"}], "whole", WholeStub(), *args,
+    with pytest.raises(ValueError, match="pair 'p0': missing or non-string 'profile_b'"):
+        synthesize_dialogues([{k: v for k, v in PAIRS[0].items() if k != "profile_b"}], "whole", WholeStub(), *args,
                              WHOLE, SYSTEM)
     with pytest.raises(ValueError, match=r"turn template has unknown placeholders \[.*'name_a'"):
         synthesize_dialogues(PAIRS, "turn", WholeStub(), *args, WHOLE, SYSTEM)

@@ -4,8 +4,8 @@ import pytest
 
 from lib import jic
 
-DIALOGUE = {"id": "d1", "author_a": "ua", "author_b": "ub", "turns": [
-    {"speaker": "A" if i % 2 == 0 else "B", "author": "ua" if i % 2 == 0 else "ub", "text": f"turn {i}"}
+DIALOGUE = {"id": "d1", "speaker_a": "ua", "speaker_b": "ub", "turns": [
+    {"speaker": "A" if i % 2 == 0 else "B", "speaker_id": "ua" if i % 2 == 0 else "ub", "text": f"turn {i}"}
     for i in range(9)]}
 
 

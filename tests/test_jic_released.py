@@ -33,9 +33,9 @@ def test_a_zipped_json_list_becomes_dialogues_seen_from_both_authors_with_their_
     dialogues, entries, rejects = released.load_released(train, test, min_turns=9)
     assert [d["split"] for d in dialogues] == ["train"] * 3 + ["test"] and rejects == []
     d = dialogues[0]
-    assert d["id"] == "train-p0a__p0b" and (d["author_a"], d["author_b"]) == ("t2_a0", "t2_b0")
+    assert d["id"] == "train-p0a__p0b" and (d["speaker_a"], d["speaker_b"]) == ("t2_a0", "t2_b0")
     assert [t["speaker"] for t in d["turns"]] == list("ABABABABAB")
-    assert [t["author"] for t in d["turns"][:3]] == ["t2_a0", "t2_b0", "t2_a0"]
+    assert [t["speaker_id"] for t in d["turns"][:3]] == ["t2_a0", "t2_b0", "t2_a0"]
     assert d["turns"][3]["text"] == "utterance 3 of dialogue 0"
     assert {(e["author"], e["text"]) for e in entries} >= {("t2_a0", "Journal of a0: I walked by the river today."),
                                                            ("t2_b9", "b9 wrote code.")}
@@ -54,7 +54,7 @@ def test_teacher_text_json_lines_and_the_username_fallback(tmp_path):
     (d,), _, _ = released.load_released(path)
     # a colon inside an utterance stays; a line not labelled by the first two speakers ends the utterances
     assert [t["text"] for t in d["turns"]] == ["Hi, how was your day?", "Busy: I wrote a lot.", "Me too!"]
-    assert (d["author_a"], d["author_b"], d["split"]) == ("user_a0", "user_b0", None)  # one file: 08 hashes it
+    assert (d["speaker_a"], d["speaker_b"], d["split"]) == ("user_a0", "user_b0", None)  # one file: 08 hashes it
 
 
 def test_bad_records_are_counted_rejects_and_max_train_keeps_the_first(tmp_path):

@@ -1,6 +1,7 @@
 """JIC glue: turning synthesized dialogues into SFT rows and generation prompts, plain and RAFt.
 
-A dialogue is {"id", "author_a", "author_b", "turns": [{"speaker", "author", "text"}, ...]}. The model
+A dialogue is {"id", "speaker_a", "speaker_b", "turns": [{"speaker", "speaker_id", "text"}, ...]} (lib/dialogue.py;
+the speakers are journal authors). The model
 always plays the speaker of the target turn (assistant) and the other speaker is the user, so every
 turn after the first is a training target. RAFt (retrieval-augmented fine-tuning) appends to the user's
 last utterance the target speaker's journal segments chosen by Maximum Marginal Relevance.
@@ -42,7 +43,7 @@ def chat_for_turn(dialogue: dict, target: int, system_prompt: str, augment: Augm
         messages.append({"role": "assistant" if turn["speaker"] == me else "user", "content": turn["text"]})
     if augment is not None:
         last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
-        messages[last_user] = {"role": "user", "content": augment(turns[target]["author"],
+        messages[last_user] = {"role": "user", "content": augment(turns[target]["speaker_id"],
                                                                   messages[last_user]["content"])}
     return messages, turns[target]["text"]
 

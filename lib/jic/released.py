@@ -13,7 +13,7 @@ speakers alternating. A record whose `dialogue` is still the teacher's text (one
 split into utterances here. The reader accepts a .json list, a .jsonl file or a .zip holding one of them, and says
 which field is missing where the layout turns out to differ.
 
-Each record becomes {"id", "author_a", "author_b", "turns": [{"speaker": "A"|"B", "author", "text"}], "split",
+Each record becomes {"id", "speaker_a", "speaker_b", "turns": [{"speaker": "A"|"B", "speaker_id", "text"}], "split",
 "source": "released"}: the file it came from is its split (the paper's own train/test), and the two journal entries
 become the journal entries RAFt retrieves from and 12_eval profiles the authors by.
 """
@@ -105,8 +105,8 @@ def convert(records: list[dict], split: str | None, min_turns: int = 2) -> tuple
             continue
         ids.add(did)
         dialogues.append({
-            "id": did, "author_a": authors[0], "author_b": authors[1],
-            "turns": [{"speaker": "AB"[t % 2], "author": authors[t % 2], "text": u} for t, u in enumerate(turns)],
+            "id": did, "speaker_a": authors[0], "speaker_b": authors[1],
+            "turns": [{"speaker": "AB"[t % 2], "speaker_id": authors[t % 2], "text": u} for t, u in enumerate(turns)],
             "split": split, "source": "released"})
         for side in (0, 1):
             text = str(r.get(JOURNAL_KEYS[side]) or "").strip()
@@ -135,6 +135,6 @@ def load_released(train_path: str | Path, test_path: str | Path | None = None, m
             raise ValueError(f"{path}: no usable dialogue in {len(records)} records; "
                              f"reasons {dict(Counter(x['reason'] for x in r))}")
         dialogues, entries, rejects = dialogues + d, entries + e, rejects + r
-    speakers = {a for d in dialogues for a in (d["author_a"], d["author_b"])}
+    speakers = {a for d in dialogues for a in (d["speaker_a"], d["speaker_b"])}
     unique = {(e["author"], e["text"]): e for e in entries if e["author"] in speakers}
     return dialogues, list(unique.values()), rejects
