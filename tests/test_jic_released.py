@@ -6,9 +6,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from lib import jic
 from lib.jic import released
+from lib.jic.data import journal_entries
 from lib.jic.filtering import trait_profiles
+from lib.jic.rows import split
 
 
 def record(i: int, n_utterances: int = 10, **changes) -> dict:
@@ -41,8 +42,8 @@ def test_a_zipped_json_list_becomes_dialogues_seen_from_both_authors_with_their_
                                                            ("t2_b9", "b9 wrote code.")}
     assert len(entries) == 8
     # the split they carry wins over the hash; a teacher dialogue (no split) keeps the hashed one
-    assert [jic.split(x, 0.0) for x in dialogues] == ["train"] * 3 + ["test"]
-    assert jic.split({"id": "x"}, 1.0) == "test" and jic.split({"id": "x", "split": None}, 0.0) == "train"
+    assert [split(x, 0.0) for x in dialogues] == ["train"] * 3 + ["test"]
+    assert split({"id": "x"}, 1.0) == "test" and split({"id": "x", "split": None}, 0.0) == "train"
 
 
 def test_teacher_text_json_lines_and_the_username_fallback(tmp_path):
@@ -92,11 +93,11 @@ def test_a_zip_without_one_json_file_and_a_file_with_no_usable_dialogue_are_name
 def test_journal_entries_come_from_04_filter_or_the_released_records(tmp_path):
     (tmp_path / "04_filter").mkdir()
     (tmp_path / "04_filter" / "entries.jsonl").write_text(json.dumps({"author": "a", "text": "filtered"}) + "\n")
-    assert jic.journal_entries(tmp_path, "teacher")[0]["text"] == "filtered"
+    assert journal_entries(tmp_path, "teacher")[0]["text"] == "filtered"
     with pytest.raises(FileNotFoundError, match="06_synthesize/journals.jsonl is missing"):
-        jic.journal_entries(tmp_path, "released")
+        journal_entries(tmp_path, "released")
     with pytest.raises(ValueError, match="expected teacher or released"):
-        jic.journal_entries(tmp_path, "dexperts")
+        journal_entries(tmp_path, "dexperts")
 
 
 def test_trait_profiles_threshold_each_authors_mean():
