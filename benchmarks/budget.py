@@ -344,22 +344,21 @@ def dpg_facts(cfg: dict, root: Path) -> dict:
 def persllm_facts(cfg: dict, root: Path) -> dict:
     """Sources, inputs, answers, the split and the generation requests as 01/05/11 build them (every teacher reply
     accepted, none deduplicated), and how much retrieved material an answer prompt holds."""
-    from lib import persllm
-    from lib.persllm import evaluate
+    from lib.persllm import data, evaluate, label
 
     p, lp = cfg["scrape"]["persllm"], cfg["label"]["persllm"]
-    stages = persllm.check_stages(p["stages"])
-    lines = persllm.load_material(root / p["hp_dir"], dict(p["characters"]), stages)
-    sources, _ = persllm.character_sources(persllm.segments(lines[lines["stage"] != ""], turns=p["segment_turns"]),
-                                           dict(p["characters"]), stages, p["max_sources_per_stage"],
-                                           min_own_turns=p["min_own_turns"], seed=p["seed"])
-    inputs, own = persllm.input_records(sources), persllm.speeches(lines)
+    stages = data.check_stages(p["stages"])
+    lines = data.load_material(root / p["hp_dir"], dict(p["characters"]), stages)
+    sources, _ = data.character_sources(data.segments(lines[lines["stage"] != ""], turns=p["segment_turns"]),
+                                        dict(p["characters"]), stages, p["max_sources_per_stage"],
+                                        min_own_turns=p["min_own_turns"], seed=p["seed"])
+    inputs, own = label.input_records(sources), data.speeches(lines)
     available: dict[str, set] = {}
     for src in sources:
         available.setdefault(src["character"], set()).add(src["stage"])
     words = " ".join(["word"] * S["persllm_input_words"])
-    answers = persllm.answer_records([{**i, "text": words} for i in inputs], available, lp["answer_other_stage"])
-    split = persllm.split_inputs([i["id"] for i in inputs], lp["test_fraction"], lp["split_seed"])
+    answers = label.answer_records([{**i, "text": words} for i in inputs], available, lp["answer_other_stage"])
+    split = data.split_inputs([i["id"] for i in inputs], lp["test_fraction"], lp["split_seed"])
     test = [{**i, "input": words} for i in inputs if split[i["id"]] == "test"]
     names = {src["character"]: src["name"] for src in sources}
     reqs = evaluate.requests(test, names, available, stages, cfg["generate"]["persllm"]["n_samples"])

@@ -4,10 +4,9 @@ import json
 
 import pytest
 
-from lib import persllm
-from lib.persllm import personify, serve
+from lib.persllm import data, personify, serve
 
-STAGES = persllm.check_stages([
+STAGES = data.check_stages([
     {"name": "early", "token": "<TIME-I>", "films": [1, 2, 3, 4], "time": "the first films", "init": "early years"},
     {"name": "late", "token": "<TIME-II>", "films": [5, 6, 7, 8], "time": "the last films", "init": "later years"}])
 

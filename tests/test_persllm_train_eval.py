@@ -8,12 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import persllm
-from lib.persllm import evaluate, personify
+from lib.persllm import data, evaluate, personify
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = (ROOT / "params/prompts/persllm_system.txt").read_text()
-STAGES = persllm.check_stages([
+STAGES = data.check_stages([
     {"name": "early", "token": "<TIME-I>", "films": [1, 2, 3, 4], "time": "the first films", "init": "early years"},
     {"name": "late", "token": "<TIME-II>", "films": [5, 6, 7, 8], "time": "the last films", "init": "later years"}])
 TOKENS = [s["token"] for s in STAGES]

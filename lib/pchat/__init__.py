@@ -18,7 +18,7 @@ statistics, response metrics and trait control (`12_eval`). The modules, by step
 - `evaluate` (12_eval): Table 3's dataset statistics, response metrics, trait-control markers and their intervals.
 - `seq2seq`, `perplexity`: the BART/T5 response models, and reference perplexity for both architectures.
 
-Callers import the module they use (`from lib.pchat import data, label`). Everything but seq2seq and perplexity is
+Callers import the module they use (e.g. lib.pchat.label). Everything but seq2seq and perplexity is
 plain data handling, tested without a model.
 
 One dialogue schema for every source:

@@ -1,4 +1,5 @@
-"""PersLLM's evaluation: who answers what (11_generate), distinction BLEU and the judge's readings (12_eval).
+"""PersLLM's evaluation: who answers what (11_generate), distinction BLEU with the paper's figures for it, and the
+judge's readings (12_eval).
 
 For every test input of character c in stage s, each model answers with sampled decoding:
 - `own`: c in stage s, `n_samples` times (two: the intra-character distinction and the reference comparison);
@@ -19,11 +20,17 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from lib.persllm import RESPONSE_TAG, parse_answer
+from lib.persllm.label import RESPONSE_TAG, parse_answer
 from lib.persllm.personify import prompt, stage_token
 from lib.teacher import InvalidReply
 
 KINDS = ("intra", "stage", "inter")
+
+# The paper's distinction BLEU (its Table on personality distinction, averaged over the six characters):
+# SFT -> SFT + automatic DPO. Intra: two samples of one character and stage; stage: the two stages of a character;
+# inter: a character against each of the other five.
+PAPER_DISTINCTION = {"intra": {"sft": 3.53, "dpo": 3.86}, "stage": {"sft": 3.46, "dpo": 3.50},
+                     "inter": {"sft": 0.38, "dpo": 0.33}}
 
 
 def requests(items: Sequence[Mapping], names: Mapping[str, str], available: Mapping[str, set],

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.persllm import unit_rows
+from lib.persllm.label import unit_rows
 
 log = logging.getLogger(__name__)
 
