@@ -26,6 +26,8 @@ import numpy as np
 
 from lib.traits import TRAITS
 
+ROOT = Path(__file__).resolve().parents[1]
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("embedding_logreg", "finetune")
@@ -255,7 +257,7 @@ class TraitClassifier:
 
     # ---- persistence ---------------------------------------------------------------------------------------
     def _meta(self) -> dict:
-        return {"backend": self.backend, "encoder_path": self.encoder_path, "threshold": self.threshold,
+        return {"backend": self.backend, "encoder_path": _portable(self.encoder_path), "threshold": self.threshold,
                 "traits": list(TRAITS), "C": self.C, "class_weight": self.class_weight,
                 "max_seq_length": self.max_seq_length, "lr": self.lr, "batch_size": self.batch_size,
                 "epochs": self.epochs, "seed": self.seed, "long_texts": self.long_texts, "calibrate": self.calibrate, "features": self.features,
@@ -294,7 +296,7 @@ class TraitClassifier:
         kw = {k: meta[k] for k in ("threshold", "C", "class_weight", "max_seq_length", "lr", "batch_size", "epochs",
                                    "seed")}
         kw |= {k: meta.get(k, default) for k, default in (("long_texts", False), ("calibrate", None), ("features", "embedding"))}
-        obj = cls(meta["encoder_path"], backend=meta["backend"], **kw)
+        obj = cls(_located(meta["encoder_path"]), backend=meta["backend"], **kw)
         obj.thresholds, obj.chosen_C = meta.get("thresholds"), meta.get("chosen_C")
         if obj.backend == "embedding_logreg":
             obj.models = joblib.load(in_dir / "logreg.joblib")
@@ -340,3 +342,18 @@ def evaluate_classifier(y_true, y_prob, threshold: float = 0.5, y_train=None) ->
     return {"per_trait": per_trait, "mean": mean, "threshold": threshold.tolist() if threshold.ndim else float(threshold),
             "majority_source": source,
             "n": len(y_true)}
+
+
+def _portable(encoder_path: str) -> str:
+    """The encoder as meta.json records it: relative to the repository where it lies inside it (so the saved
+    classifier's bytes do not depend on where the checkout is), else as given (a Hub id)."""
+    path = Path(encoder_path)
+    if path.is_absolute() and path.is_relative_to(ROOT):
+        return path.relative_to(ROOT).as_posix()
+    return encoder_path
+
+
+def _located(recorded: str) -> str:
+    """The encoder a meta.json names: a path relative to this checkout where that exists, else as recorded."""
+    local = ROOT / recorded
+    return str(local) if not Path(recorded).is_absolute() and local.exists() else recorded

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ("tiny", "cpu", "paper")
 SCHEMA_FILE = ROOT / "params" / "schema.yaml"  # the shape of a params file; its leaf syntax is explained there
 TYPES: dict[str, tuple] = {"str": (str,), "int": (int,), "num": (float, int), "bool": (bool,), "list": (list,),
-                           "dict": (dict,), "path": (str,), "data-path": (str,)}
+                           "dict": (dict,), "path": (str,), "data-path": (str,), "model": (str,), "teacher": (str,)}
+ROLES = ("model", "teacher")  # leaf types that name a model: the list of models and of teacher stages come from them
 
 
 class ParamsError(ValueError):
@@ -38,6 +39,7 @@ class Leaf:
     types: tuple
     choices: tuple[str, ...] = ()
     file: str | None = None  # "path" (relative to the repo root) or "data-path" (relative to data.root)
+    role: str | None = None  # "model" (a spec 00_models prepares) or "teacher" (a teacher stage's model)
 
     @classmethod
     def parse(cls, spec: Any, where: str) -> Leaf:
@@ -52,7 +54,7 @@ class Leaf:
             raise ParamsError(f"{_rel(SCHEMA_FILE)}: {where}: unknown type {name!r}; expected one of {sorted(TYPES)}, "
                               "'a|b' or '<type> or null'")
         return cls(types=TYPES[name] + ((type(None),) if nullable else ()),
-                   file=name if name in ("path", "data-path") else None)
+                   file=name if name in ("path", "data-path") else None, role=name if name in ROLES else None)
 
 
 def schema() -> dict:
@@ -142,28 +144,68 @@ def spec_dir(spec: str) -> Path:
     return ROOT / "models" / "base" / slug(spec)
 
 
-TEACHER_STAGES = (("synthesize", "jic"), ("label", "pchat"), ("synthesize", "pchat"), ("label", "dpg"),
-                  ("label", "persllm"))
+def get(cfg: dict, dotted: str) -> Any:
+    """The value at a dotted key: get(cfg, "label.pchat.model")."""
+    node = cfg
+    for key in dotted.split("."):
+        node = node[key]
+    return node
+
+
+def model_leaves() -> dict[str, str]:
+    """{dotted key: role} for every schema leaf that names a model, in the schema's order."""
+    found: dict[str, str] = {}
+
+    def walk(node: Any, keys: tuple) -> None:
+        if isinstance(node, dict):
+            for key, sub in node.items():
+                walk(sub, keys + (key,))
+        elif node.role:
+            found[".".join(keys)] = node.role
+
+    walk(schema(), ())
+    return found
+
+
+def teacher_sections() -> tuple[tuple[str, str], ...]:
+    """(section, paper) of every teacher stage: the params sections whose schema holds a `teacher` leaf."""
+    return tuple(tuple(key.split(".")[:2]) for key, role in model_leaves().items() if role == "teacher")
+
+
+def model_keys() -> list[str]:
+    """The params keys that decide what 00_models prepares (dvc.yaml lists exactly these for it): every model leaf,
+    each teacher stage's backend, and the switch that turns JIC's BERTScore on."""
+    keys = []
+    for key, role in model_leaves().items():
+        if role == "teacher":
+            keys.append(key.rsplit(".", 1)[0] + ".backend")
+        if key == BERTSCORE_MODEL:
+            keys.append(BERTSCORE_SWITCH)
+        keys.append(key)
+    return keys
+
+
+BERTSCORE_MODEL, BERTSCORE_SWITCH = "eval.jic.bertscore_model", "eval.jic.bertscore"
 
 
 def model_specs(cfg: dict) -> dict[str, str]:
-    """Every model the profile names that 00_models must prepare, as {params key: spec}.
+    """Every model the profile names that 00_models must prepare, as {params key: spec}, read off the schema's
+    `model` and `teacher` leaves.
 
-    A teacher behind an endpoint is only a name there, so only local teachers count. JIC's BERTScore encoder counts
-    where BERTScore is on and the profile names one (paper: a Hub id); null (tiny, cpu) means `models.embedder`.
-    PersLLM's retrieval and dedup encoder always counts (paper: sentence-transformers/gtr-t5-base; tiny and cpu:
-    package:minilm, offline)."""
-    specs = {f"models.{role}": spec for role, spec in cfg["models"].items()}
-    for section, paper in TEACHER_STAGES:
-        p = cfg[section][paper]
-        if p["backend"] == "local":
-            specs[f"{section}.{paper}.model"] = p["model"]
-    if cfg["sft"]["pchat"]["model"]:
-        specs["sft.pchat.model"] = cfg["sft"]["pchat"]["model"]
-    specs["eval.pchat.mcn_encoder"] = cfg["eval"]["pchat"]["mcn_encoder"]
-    specs["label.persllm.encoder"] = cfg["label"]["persllm"]["encoder"]
-    if cfg["eval"]["jic"]["bertscore"] and cfg["eval"]["jic"]["bertscore_model"]:
-        specs["eval.jic.bertscore_model"] = cfg["eval"]["jic"]["bertscore_model"]
+    A teacher behind an endpoint is only a name there, so only local teachers count (`backend: local`). A model key
+    set to null names nothing. JIC's BERTScore encoder counts where BERTScore is on; null (tiny, cpu) means
+    `models.embedder`. PersLLM's retrieval and dedup encoder always counts (paper: sentence-transformers/gtr-t5-base;
+    tiny and cpu: package:minilm, offline)."""
+    specs = {}
+    for key, role in model_leaves().items():
+        spec = get(cfg, key)
+        if spec is None:
+            continue
+        if role == "teacher" and get(cfg, key.rsplit(".", 1)[0] + ".backend") != "local":
+            continue
+        if key == BERTSCORE_MODEL and not get(cfg, BERTSCORE_SWITCH):
+            continue
+        specs[key] = spec
     return specs
 
 

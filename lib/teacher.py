@@ -33,7 +33,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -388,6 +388,37 @@ class CachedTeacher:
         self.hits += len(prompts) - len(missing)
         self.misses += len(missing)
         return [found[k] for k in keys]
+
+
+# Where an endpoint listens and how hard it is driven change how replies come, not what they say (the model id is
+# kept): a new port, key variable, batch size or retry count resumes the same work.
+SPEED_KEYS = ("base_url", "api_key_env", "batch_size", "max_concurrency", "max_retries")
+
+
+def content_params(section: Mapping, drop: Iterable[str] = ()) -> dict:
+    """A teacher stage's params without SPEED_KEYS (nor `drop`): what its resumable output's fingerprint holds."""
+    dropped = set(SPEED_KEYS) | set(drop)
+    return {k: v for k, v in section.items() if k not in dropped}
+
+
+def from_params(section: Mapping, cache_path: str | Path | None = None) -> CachedTeacher:
+    """The teacher a teacher stage's params section names (its `backend`, `model`, endpoint and speed keys), with the
+    response cache at `cache_path` (default data/cache/teacher.sqlite, shared by every stage).
+
+    A local teacher is a model 00_models prepared under models/base/ (the spec in `model`); an endpoint teacher is
+    the served model's name there, and its API key is read from `api_key_env`, never stored."""
+    from lib import config
+
+    local = section["backend"] == "local"
+    model = str(config.spec_dir(section["model"])) if local else section["model"]
+    if local and not Path(model).is_dir():
+        raise FileNotFoundError(f"teacher model {section['model']!r} is not prepared under models/base: a local "
+                                "teacher must be a model 00_models prepares (run `dvc repro 00_models`)")
+    return make_teacher({
+        "backend": section["backend"], "base_url": section["base_url"], "api_key_env": section["api_key_env"],
+        "model": model, "batch_size": section["batch_size"], "max_concurrency": section["max_concurrency"],
+        "max_retries": section["max_retries"],
+        "cache_path": str(cache_path or config.ROOT / "data" / "cache" / "teacher.sqlite")})
 
 
 def make_teacher(cfg: dict) -> CachedTeacher:

@@ -150,3 +150,23 @@ def test_c_by_cross_validation_calibrated_thresholds_and_tfidf_roundtrip(tmp_pat
         TraitClassifier(MINILM, features="bow")
     words = TraitClassifier(MINILM, features="tfidf").fit(texts, labels)  # no encoder call at all
     assert words.predict(["I felt joyful, happy and bright."])[0].tolist() == [1] * 5
+
+
+def test_saved_classifier_names_its_encoder_relative_to_the_checkout(tmp_path, monkeypatch):
+    """meta.json must not hold this machine's absolute path: the saved bytes (and DVC's hash of them) would then
+    depend on where the checkout lies, and a copy elsewhere would point at the old place."""
+    import json
+    import shutil
+
+    from lib import classifier
+
+    inside = tmp_path / "repo" / "models" / "base" / "enc"
+    shutil.copytree(MINILM, inside)
+    monkeypatch.setattr(classifier, "ROOT", tmp_path / "repo")
+    clf = TraitClassifier(str(inside), C=100.0).fit(TEXTS, LABELS)
+    meta = json.loads((clf.save(tmp_path / "clf") / "meta.json").read_text())
+    assert meta["encoder_path"] == "models/base/enc"
+    assert TraitClassifier.load(tmp_path / "clf").encoder_path == str(inside)
+    hub = TraitClassifier("microsoft/deberta-large")  # a Hub id is kept as it is
+    assert classifier._portable(hub.encoder_path) == "microsoft/deberta-large"
+    assert classifier._located("microsoft/deberta-large") == "microsoft/deberta-large"

@@ -167,3 +167,22 @@ def test_schema_rejects_unknown_leaf_types(spec):
 def test_schema_file_is_not_a_stage_dependency():
     """params/schema.yaml only accepts or refuses a params file; adding a paper's section must re-run nothing."""
     assert "schema.yaml" not in (config.ROOT / "dvc.yaml").read_text()
+
+
+def test_model_and_teacher_leaves_decide_the_model_list_and_the_teacher_stages():
+    """The schema marks model keys and teacher keys; the teacher stages and 00_models' list are read off it."""
+    assert config.teacher_sections() == (("label", "pchat"), ("label", "dpg"), ("label", "persllm"),
+                                         ("synthesize", "jic"), ("synthesize", "pchat"))
+    assert config.Leaf.parse("model or null", "k").role == "model"
+    assert config.Leaf.parse("teacher", "k").role == "teacher" and config.Leaf.parse("str", "k").role is None
+    cfg = config.load("cpu")
+    cfg["label"]["pchat"]["backend"] = "openai"  # an endpoint teacher is a name only: nothing to prepare
+    cfg["sft"]["pchat"]["model"] = "facebook/bart-base"  # a model key set to a spec is prepared
+    specs = config.model_specs(cfg)
+    assert "label.pchat.model" not in specs and specs["sft.pchat.model"] == "facebook/bart-base"
+    assert specs["synthesize.jic.model"] == "gguf:smollm2"  # a local teacher is
+    cfg["eval"]["jic"]["bertscore_model"] = "google-bert/bert-base-uncased"
+    cfg["eval"]["jic"]["bertscore"] = False  # the switch off: its encoder is not needed
+    assert "eval.jic.bertscore_model" not in config.model_specs(cfg)
+    assert config.get(cfg, "label.persllm.encoder") == "package:minilm"
+

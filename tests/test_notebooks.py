@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lib import config
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
@@ -212,6 +214,18 @@ def test_stage_declares_exactly_the_lib_modules_it_imports(path):
 def test_models_stage_declares_exactly_what_it_runs():
     declared = {d for d in DVC["stages"]["00_models"]["deps"] if d.startswith("lib/")}
     assert declared == _code_deps({"prepare"})
+
+
+def test_models_stage_tracks_exactly_the_params_that_decide_its_models():
+    """00_models re-runs when a model key changes, and only then: its params are the schema's model and teacher keys
+    (lib.config.model_keys). A new model key in the schema without a line here fails."""
+    (listed,) = [entry["params/${profile}.yaml"] for entry in DVC["stages"]["00_models"]["params"]
+                 if isinstance(entry, dict)]
+    keys = config.model_keys()
+    uncovered = [k for k in keys if not any(k == e or k.startswith(e + ".") for e in listed)]
+    idle = [e for e in listed if not any(k == e or k.startswith(e + ".") for k in keys)]
+    assert not uncovered, f"dvc.yaml's 00_models does not track {uncovered}"
+    assert not idle, f"dvc.yaml's 00_models tracks keys that decide no model: {idle}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

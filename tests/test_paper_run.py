@@ -101,7 +101,7 @@ def paper_params(teacher_url: str, pullpush_url: str) -> dict:
     """params/paper.yaml with tests/paper_overlay.yaml on top, the endpoints pointed at the stand-ins."""
     cfg = _merge(yaml.safe_load((ROOT / "params/paper.yaml").read_text()),
                  yaml.safe_load((ROOT / "tests/paper_overlay.yaml").read_text()))
-    for section, paper in config.TEACHER_STAGES:
+    for section, paper in config.teacher_sections():
         cfg[section][paper]["base_url"] = teacher_url
     for paper in ("big5chat", "persllm"):  # the vLLM servers of the students' adapters
         cfg["generate"][paper]["served"]["base_url"] = teacher_url

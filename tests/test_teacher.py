@@ -428,3 +428,22 @@ def test_failure_in_repair_round_is_final_and_not_cached(tmp_path):
     assert (stats.accepted, stats.rejected) == (1, 1) and stats.reasons == {"not_good": 1, "http_400": 1}
     assert read_jsonl(rej) == [{"id": "fix1", "reason": "http_400", "reply": "context too long"}]
     assert teacher.teacher.calls == 2 and len(teacher.cache) == 2  # both first replies; not the failure
+
+
+def test_from_params_builds_a_stage_teacher_and_content_params_drops_the_speed_keys(tmp_path):
+    from lib import config
+    from lib.teacher import SPEED_KEYS, content_params, from_params
+
+    section = dict(config.load("tiny")["synthesize"]["jic"])
+    assert section["backend"] == "openai"
+    teacher = from_params(section, tmp_path / "cache.sqlite")
+    assert isinstance(teacher, CachedTeacher) and isinstance(teacher.teacher, OpenAITeacher)
+    assert teacher.teacher.model == section["model"]
+    content = content_params(section, drop=("source",))
+    assert not set(content) & (set(SPEED_KEYS) | {"source"}) and content["model"] == section["model"]
+    # a local teacher must be a model 00_models prepared
+    local = section | {"backend": "local", "model": "gguf:not-prepared"}
+    with pytest.raises(FileNotFoundError, match="'gguf:not-prepared' is not prepared under models/base"):
+        from_params(local, tmp_path / "cache.sqlite")
+    with pytest.raises(ValueError, match="unknown backend 'grpc'"):
+        from_params(section | {"backend": "grpc"}, tmp_path / "cache.sqlite")

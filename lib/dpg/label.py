@@ -35,13 +35,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from lib.config import spec_dir
 from lib.dpg.data import render_turns
 from lib.prompts import check_template
 from lib.psychometrics import likert_loglik
 from lib.records import read_jsonl
 from lib.stats import mean_ci
-from lib.teacher import InvalidReply, Sampling, make_teacher, run_records
+from lib.teacher import InvalidReply, Sampling, run_records
 from lib.traits import NAMES, TRAITS
 
 Messages = list[dict]
@@ -342,17 +341,6 @@ def assess_by_loglik(model, tokenizer, samples: Sequence[Mapping], template: str
     return rows
 
 
-def assessor_teacher(settings: Mapping, cache_path: str | Path):
-    """The teacher of a `label.dpg` section whose backend is "openai" (an endpoint) or "local" (a model 00_models
-    prepared), with its response cache; the API key is read from `api_key_env`, never stored."""
-    local = settings["backend"] == "local"
-    return make_teacher({
-        "backend": settings["backend"], "base_url": settings["base_url"], "api_key_env": settings["api_key_env"],
-        "model": str(spec_dir(settings["model"])) if local else settings["model"],
-        "batch_size": settings["batch_size"], "max_concurrency": settings["max_concurrency"],
-        "max_retries": settings["max_retries"], "cache_path": str(cache_path)})
-
-
 def assess_samples(samples: Sequence[Mapping], template: str, knowledge: Mapping | None, settings: Mapping,
                    out_path: str | Path, rejects_path: str | Path, *, model=None, tokenizer=None,
                    teacher=None) -> tuple[pd.DataFrame, dict]:
@@ -361,7 +349,7 @@ def assess_samples(samples: Sequence[Mapping], template: str, knowledge: Mapping
     `settings` is a `label.dpg` params section (backend, max_words, batch_size; and for a teacher repeats,
     temperature, top_p, max_new_tokens, seed, max_repairs). With backend "loglik" the `model`/`tokenizer` read every
     (sample, trait) once, deterministically, and the rows are written to `out_path` at the end (a finished file is
-    read back, not recomputed). Otherwise `teacher` (lib.teacher.make_teacher) answers `repeats` times with a seed
+    read back, not recomputed). Otherwise `teacher` (lib.teacher.from_params) answers `repeats` times with a seed
     per run; each accepted score or reject (with its reason) is appended as it arrives, so a killed run resumes and a
     reply that never parses stays one counted reject. Rows: sample_id, character, trait, run, score.
     """
