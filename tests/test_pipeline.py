@@ -141,12 +141,14 @@ def test_two_runs_from_scratch_are_byte_identical(tiny_manifest, tmp_path_factor
     assert outputs.differences(tiny_manifest, outputs.manifest(again)) == []
 
 
-def test_a_notebook_run_by_hand_leaves_the_pipeline_as_it_was(tiny_run, tiny_manifest):
-    """As in JupyterLab: executed from notebooks/ with no parameters injected. It reads the profile from params.yaml
-    (tiny here), writes under scratch/, and leaves every DVC output untouched and `dvc status` clean."""
+def test_a_notebook_run_by_hand_leaves_the_pipeline_as_it_was(tiny_run, tiny_manifest, monkeypatch):
+    """As in JupyterLab (`make lab`, which puts the checkout on PYTHONPATH): executed from notebooks/ with no
+    parameters injected. It reads the profile from params.yaml (tiny here), writes under scratch/, and leaves every
+    DVC output untouched and `dvc status` clean."""
     import papermill as pm
 
     repo, _, _ = tiny_run
+    monkeypatch.setenv("PYTHONPATH", str(repo))
     stage = "02_cluster_jic"
     (repo / "scratch").mkdir(exist_ok=True)  # where the executed copy goes: anywhere but reports/notebooks/
     pm.execute_notebook(str(repo / "notebooks" / f"{stage}.ipynb"), str(repo / "scratch" / f"{stage}.ipynb"),

@@ -176,7 +176,7 @@ def prepare(student: str | Path, stages: Sequence[Mapping], sft_adapter: str | P
 
 def main() -> None:
     from lib import config
-    from lib.models import resolve_model
+    from lib.models import model_path
     from lib.records import read_jsonl
     from lib.served import ServedStudent
 
@@ -184,7 +184,7 @@ def main() -> None:
     cfg = config.load(config.active_profile())
     p = cfg["generate"]["persllm"]
     stages = read_jsonl(root / "data" / "persllm" / "01_scrape" / "stages.jsonl")
-    layout = prepare(resolve_model(config.model_dir(cfg, "student")), stages,
+    layout = prepare(model_path(cfg, "models.student"), stages,
                      root / "models" / "sft" / "persllm" / "adapter", root / "models" / "dpo" / "persllm" / "adapter",
                      root / p["served"]["folder"])
     served = ServedStudent(p["served"], str(layout["base"]), layout["adapters"], served_name=SERVED_BASE)
