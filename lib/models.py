@@ -12,6 +12,7 @@ and, on a GPU box, leaves unsloth free to be imported first.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import logging
 import os
@@ -401,6 +402,15 @@ def load_for_inference(model_path: str | Path, adapter_dir: str | Path | None = 
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer
+
+
+def active_adapter(model, name: str | None):
+    """A context in which a peft model with several named adapters computes with one of them (`name`, as loaded) or,
+    for None, with the base model alone: `with active_adapter(model, "dpo"): generate(...)`."""
+    if name is None:
+        return model.disable_adapter()
+    model.set_adapter(name)
+    return contextlib.nullcontext()
 
 
 def generate_chat(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 40, batch_size: int = 8,

@@ -7,6 +7,8 @@ import pytest
 
 from lib import big5chat
 
+ROOT = Path(__file__).resolve().parents[1]
+
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data" / "soda" / "soda_20.jsonl"
 TEMPLATE = "Imagine you are {agent}, with {partner}. {narrative}\n{history}\nReply within 50 words."
 
@@ -107,11 +109,12 @@ def test_prompts_carry_the_papers_wording():
         big5chat.expert_instruction("O", "mid")
 
 
-def test_default_template_fills_every_element():
+def test_the_pipelines_template_fills_every_element():
+    """The prompt file the pipeline runs (params/prompts/big5chat_dialogue.txt), not a copy of it."""
     unit = big5chat.reply_units([_scenario()])[1]
-    (msg,) = big5chat.dialogue_messages(unit)
+    (msg,) = big5chat.dialogue_messages(unit, (ROOT / "params/prompts/big5chat_dialogue.txt").read_text())
     text = msg["content"]
-    assert text.startswith("Imagine you are Al, in a conversation with Bo. What is going on: N.")
+    assert text.startswith("Imagine you are Al, talking with Bo. Here is what is happening:\nN.")
     assert "Al: turn 0\nBo: turn 1\nAl: turn 2\nBo: turn 3\n" in text and "turn 4" not in text
     assert "within 50 words" in text and "{" not in text
 

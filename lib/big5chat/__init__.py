@@ -12,12 +12,12 @@ import hashlib
 import json
 import random
 import re
-import string
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import pandas as pd
 
+from lib.prompts import check_template
 from lib.records import split_of
 from lib.traits import LEVELS, NAMES, OPPOSITE, TRAITS
 
@@ -41,13 +41,8 @@ TRAIT_DESCRIPTIONS = {
           "low": "calm, emotionally stable, relaxed, rarely upset"},
 }
 
-# The base model's dialogue prompt (the paper's begins "Imagine you are {agent} ..." and asks for at most 50 words).
-# The pipeline reads its own copy from params/prompts/big5chat_dialogue.txt; this one serves tests and quick use.
-DEFAULT_TEMPLATE = (
-    "Imagine you are {agent}, in a conversation with {partner}. What is going on: {narrative}\n\n"
-    "The conversation so far:\n{history}\n\n"
-    "Write {agent}'s next reply, in the first person and within 50 words. Give only the reply."
-)
+# The base model's dialogue prompt lives in params/prompts/big5chat_dialogue.txt (the paper's begins "Imagine you are
+# {agent} ..." and asks for at most 50 words); these are the placeholders it may use.
 TEMPLATE_FIELDS = {"agent", "partner", "narrative", "history"}
 
 SODA_COLUMNS = ("narrative", "dialogue", "speakers", "PersonX", "PersonY", "original_index")
@@ -156,12 +151,9 @@ def reply_units(scenarios: list[dict], max_units_per_scenario: int | None = None
     return units
 
 
-def dialogue_messages(unit: dict, template: str = DEFAULT_TEMPLATE) -> list[dict]:
-    """The base model's chat: the filled dialogue prompt ("Imagine you are {agent} ...") as the user message."""
-    unknown = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None} - TEMPLATE_FIELDS
-    if unknown:
-        raise ValueError(f"dialogue template has unknown placeholders {sorted(unknown)}; "
-                         f"allowed: {sorted(TEMPLATE_FIELDS)}")
+def dialogue_messages(unit: dict, template: str) -> list[dict]:
+    """The base model's chat: the filled dialogue prompt (params/prompts/big5chat_dialogue.txt) as the user message."""
+    check_template(template, TEMPLATE_FIELDS, what="dialogue")
     history = "\n".join(f"{t['speaker']}: {t['text']}" for t in unit["history"])
     content = template.format(agent=unit["agent"], partner=unit["partner"], narrative=unit["narrative"],
                               history=history)
