@@ -331,3 +331,24 @@ def test_stop_tokens_end_each_reply_as_plain_generate_does(varied_dir, experts, 
     _, one = run(experts, mode=mode, alpha=0.0, batch_size=1, max_new_tokens=n_new,
                       expert_names=("O_high",) * 3)
     assert one.token_ids[0] == want[0] and one.forwards < n_new * 3  # the first chunk stopped early
+
+
+def test_expert_check_reads_discrimination_and_gain_per_trait_from_paired_scores():
+    """lib.big5chat.experts.check_scores: per held-out text, opposite − own and base − own, with their intervals."""
+    from lib.big5chat.experts import check_scores
+
+    rows = []
+    for i in range(12):  # the E experts: own level 0.5 nats below the opposite one, 1.0 below the base
+        for level in ("high", "low"):
+            own, opposite = 2.0 + 0.01 * i, 2.5 + 0.01 * i
+            rows += [{"trait": "E", "text_level": level, "text": i, "scorer": level, "nll": own},
+                     {"trait": "E", "text_level": level, "text": i, "scorer": "low" if level == "high" else "high",
+                      "nll": opposite},
+                     {"trait": "E", "text_level": level, "text": i, "scorer": "base", "nll": own + 1.0}]
+    check = check_scores(rows)
+    assert set(check) == {"E"}
+    assert check["E"]["discrimination"]["mean"] == pytest.approx(0.5)
+    assert check["E"]["gain_over_base"]["mean"] == pytest.approx(1.0)
+    assert check["E"]["discrimination"]["n"] == 24 and check["E"]["discriminates"] == "positive"
+    assert check["E"]["own_expert_nll"] == pytest.approx(2.055)
+    assert check_scores([]) == {}
