@@ -12,6 +12,7 @@ import math
 import platform
 import shutil
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,13 @@ def save_figure(fig: Any, name: str, root: Path | None = None) -> Path:
     path = folder / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
+
+
+def markdown_table(header: Sequence, rows: Iterable[Sequence]) -> list[str]:
+    """A GitHub markdown table as lines (the header, its rule, one line per row; cells as str()), for the tables a
+    stage writes under reports/tables/: `"\n".join(markdown_table(["method", "O"], [["SFT", "+0.10"]]))`."""
+    return ["| " + " | ".join(map(str, header)) + " |", "|---" * len(header) + "|",
+            *("| " + " | ".join(map(str, row)) + " |" for row in rows)]
 
 
 def resumable_dir(path: str | Path, fingerprint: str) -> Path:

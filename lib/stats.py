@@ -3,6 +3,7 @@
     lo, hi = bootstrap_ci(values)             # 95 % interval of the mean, 2,000 resamples, seed 0
     summary = mean_ci(differences)            # {"mean", "lo", "hi", "n"}
     direction(summary["lo"], summary["hi"])   # "positive" | "negative" | "cannot tell"
+    interval_text(summary)                    # "+0.120 [+0.030, +0.210]", as the tables print it
 
 The resampling unit is whatever `values` holds one entry per: a test dialogue, a scenario, a seed x context. Pass
 paired differences (e.g. high-level minus low-level score of the same scenario) to get the interval of an effect.
@@ -54,6 +55,11 @@ def mean_ci(values: Sequence[float], **kwargs) -> dict:
     x = x[~np.isnan(x)]
     lo, hi = bootstrap_ci(x, **kwargs)
     return {"mean": float(x.mean()) if len(x) else float("nan"), "lo": lo, "hi": hi, "n": len(x)}
+
+
+def interval_text(summary: dict, fmt: str = "+.3f") -> str:
+    """A mean_ci summary as the tables print it: "+0.120 [+0.030, +0.210]" (`fmt` is the format spec of all three)."""
+    return f"{summary['mean']:{fmt}} [{summary['lo']:{fmt}}, {summary['hi']:{fmt}}]"
 
 
 def direction(lo: float, hi: float) -> str:

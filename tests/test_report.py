@@ -123,3 +123,14 @@ def test_finished_runs_leave_no_checkpoints_and_at_most_one_finished_copy_aside(
     kept = stale()
     assert len(kept) == 2 and first[0] not in kept
     assert any((tmp_path / k / "unfinished.jsonl").exists() for k in kept)
+
+
+def test_markdown_table_and_interval_text_are_the_tables_one_format():
+    from lib import stats
+
+    assert report.markdown_table(["method", "O"], [["SFT", 0.5], ("DPO", "+0.10")]) == [
+        "| method | O |", "|---|---|", "| SFT | 0.5 |", "| DPO | +0.10 |"]
+    assert report.markdown_table(["a"], []) == ["| a |", "|---|"]
+    summary = {"mean": 0.1234, "lo": -0.01, "hi": 0.25, "n": 9}
+    assert stats.interval_text(summary) == "+0.123 [-0.010, +0.250]"
+    assert stats.interval_text(summary, ".2f") == "0.12 [-0.01, 0.25]"
