@@ -451,7 +451,7 @@ def jic_row_tok(cfg: dict, raft: bool) -> float:
     turn = words_tok(s["max_words"]) + 5
     history = (s["n_turns"] / 2) * turn
     extra = words_tok(p["raft"]["top_k"] * p["raft"]["segment_words"]) if raft else 0
-    return CHAT_OVERHEAD + tok(len(p["system_prompt"])) + history + turn + extra
+    return CHAT_OVERHEAD + tok(len(config.read_text(p["system_prompt"]).strip())) + history + turn + extra
 
 
 def est_synthesize_jic(cfg: dict, f: dict) -> dict:
@@ -864,8 +864,8 @@ def est_sft_persllm(cfg: dict, f: dict) -> dict:
     rows = personified + general
     mixed = min((personified * row + general * S["general_row_tokens"]) / rows, p["max_seq_length"])
     t = lora_train("SFT", rows, mixed, p)
-    test_rows = f["persllm_test_inputs"] * f["persllm_answers_per_input"]
-    parts = [t["part"], score("eval loss + stage probe", 3 * test_rows * row)]
+    eval_rows = f["persllm_test_inputs"] * f["persllm_answers_per_input"]
+    parts = [t["part"], score("eval loss + stage probe", 3 * eval_rows * row)]
     download = S["ultrachat_shard_mb"] / 1e3 if mix.get("dataset") else 0
     return stage(parts, t["gpu_gb"], t["disk_gb"] + download, f"{personified:,.0f} personified rows (x "
                  f"{p.get('repeat', 1)}) + {general:,} general rows x {mixed:.0f} tok, LoRA r {p['lora']['r']}",

@@ -35,7 +35,7 @@ from lib.records import read_jsonl
 from lib.traits import TRAITS
 
 
-def heldout_rows(profile: str) -> tuple[str, list[dict]]:
+def heldout_persona_rows(profile: str) -> tuple[str, list[dict]]:
     """(personality prompt, its rows): the held-out window personality with the most reply rows."""
     cfg = config.load(profile)
     sft_cfg = cfg["sft"]["dpg"]
@@ -73,7 +73,7 @@ def main() -> None:
     tok.padding_side = "right"
     hyper = hn.HyperLoRA.load(args.hypernet)
     hn.attach(model, hyper.targets)
-    persona, rows = heldout_rows(args.profile)
+    persona, rows = heldout_persona_rows(args.profile)
     data = hn.tokenize_rows(rows, tok, args.max_seq_length, persona_in_context=False)
 
     # The hypernetwork: encode the new personality prompt with the frozen base, then one forward.

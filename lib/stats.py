@@ -31,20 +31,20 @@ def percentile_interval(replicates: Sequence[float], level: float = 0.95) -> tup
     return float(lo), float(hi)
 
 
-def bootstrap_ci(values: Sequence[float], stat: Callable = np.mean, n_boot: int = 2000, level: float = 0.95,
+def bootstrap_ci(values: Sequence[float], stat: Callable = np.mean, n_resamples: int = 2000, level: float = 0.95,
                  seed: int = 0) -> tuple[float, float]:
     """Percentile-bootstrap interval of `stat` over `values` (NaNs dropped); (nan, nan) for fewer than two values,
     where there is no spread to resample (a verdict from it is then "cannot tell")."""
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x)]
     if len(x) < 2:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    resamples = x[rng.integers(0, len(x), size=(n_boot, len(x)))]
+    resamples = x[rng.integers(0, len(x), size=(n_resamples, len(x)))]
     stats = np.apply_along_axis(stat, 1, resamples) if stat is not np.mean else resamples.mean(axis=1)
     return percentile_interval(stats, level)
 

@@ -352,13 +352,13 @@ def _bleu_rows(values, model="m", kind="intra"):
 def test_summarize_averages_characters_first_and_resamples_within_them():
     rows = pd.concat([_bleu_rows({"a": [0, 10, 20], "b": [90]}), _bleu_rows({"a": [5, 5]}, kind="inter")])
     assert rows["bleu"][rows["kind"] == "intra"].mean() == 30  # the item mean
-    out = evaluate.summarize(rows, n_boot=500, seed=0)
+    out = evaluate.summarize(rows, n_resamples=500, seed=0)
     intra = out["m"]["intra"]
     assert intra["mean"] == pytest.approx(50) and intra["n"] == 4
     # b keeps its one input, so every replicate is (mean of a's resample + 90) / 2, within [45, 55]
     assert 45 <= intra["lo"] <= 50 <= intra["hi"] <= 55 and intra["lo"] < intra["hi"]
     assert out["m"]["inter"] == {"mean": 5.0, "lo": 5.0, "hi": 5.0, "n": 2}
-    assert out == evaluate.summarize(rows, n_boot=500, seed=0)
+    assert out == evaluate.summarize(rows, n_resamples=500, seed=0)
     assert evaluate.character_mean(rows[rows["kind"] == "intra"]) == pytest.approx(50)
     assert math.isnan(evaluate.character_mean(rows.iloc[:0]))
 
@@ -368,15 +368,15 @@ def test_paired_difference_sign_and_missing_model():
     base = rng.uniform(0, 50, 30)
     rows = pd.concat([_bleu_rows({"a": list(base)}, model="sft"),
                       _bleu_rows({"a": list(base + 5 + rng.normal(0, 1, 30))}, model="dpo")])
-    d = evaluate.paired_difference(rows, "dpo", "sft", "intra", n_boot=500)
+    d = evaluate.paired_difference(rows, "dpo", "sft", "intra", n_resamples=500)
     assert d["n"] == 30 and d["lo"] <= d["mean"] <= d["hi"] and d["lo"] > 3
-    back = evaluate.paired_difference(rows, "sft", "dpo", "intra", n_boot=500)
+    back = evaluate.paired_difference(rows, "sft", "dpo", "intra", n_resamples=500)
     assert back["mean"] == pytest.approx(-d["mean"]) and back["hi"] < -3
     assert evaluate.paired_difference(rows, "dpo", "base", "intra") == {"mean": None, "lo": None, "hi": None, "n": 0}
     assert evaluate.paired_difference(rows, "dpo", "sft", "inter")["n"] == 0
     # only inputs both models answered are paired
     fewer = rows[~((rows["model"] == "sft") & (rows["item"] == "a0"))]
-    assert evaluate.paired_difference(fewer, "dpo", "sft", "intra", n_boot=10)["n"] == 29
+    assert evaluate.paired_difference(fewer, "dpo", "sft", "intra", n_resamples=10)["n"] == 29
 
 
 def test_yes_probability():

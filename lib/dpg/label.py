@@ -616,7 +616,7 @@ def drop_outliers(df: pd.DataFrame, vectors_cols: Sequence[str] = TRAITS, by: st
 # P.S.D.C.
 
 
-def psdc(prompted, assessed, traits: Sequence[str] = TRAITS, n_boot: int = 2000, seed: int = 0) -> dict:
+def psdc(prompted, assessed, traits: Sequence[str] = TRAITS, n_resamples: int = 2000, seed: int = 0) -> dict:
     """Personality Shaping Deviation Coefficient: how far the personality assessed on a student's dialogue lies from
     the vector it was prompted with (lower is better).
 
@@ -641,7 +641,7 @@ def psdc(prompted, assessed, traits: Sequence[str] = TRAITS, n_boot: int = 2000,
     if not keep.any():
         raise ValueError("no sample has complete prompted and assessed vectors")
     dev = np.abs(p[keep] - a[keep])
-    ci = {"n_boot": n_boot, "seed": seed}
+    ci = {"n_resamples": n_resamples, "seed": seed}
     return {"n": int(keep.sum()), "dropped_nan": int((~keep).sum()),
             "per_trait": {t: mean_ci(dev[:, k], **ci) for k, t in enumerate(traits)},
             "mad": mean_ci(dev.mean(axis=1), **ci), "l1": mean_ci(dev.sum(axis=1), **ci),

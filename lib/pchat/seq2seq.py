@@ -9,7 +9,7 @@ trains on (system control text, then the dialogue) into one source string, so bo
 
     metrics = seq2seq_sft(model_dir, train_rows, eval_rows, out_dir, lora={...}, args={...})
     model, tok = load_seq2seq(model_dir, out_dir / "adapter")
-    replies = seq2seq_generate(model, tok, [row["source"] for row in test_rows])
+    replies = seq2seq_generate(model, tok, [row["source"] for row in eval_rows])
 
 Perplexity of references is in lib/pchat/perplexity.py, for this architecture and the decoder-only one.
 """

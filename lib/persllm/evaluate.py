@@ -110,7 +110,7 @@ def character_mean(df: pd.DataFrame, value: str = "bleu") -> float:
     return float(df.groupby("character")[value].mean().mean()) if len(df) else float("nan")
 
 
-def summarize(rows: pd.DataFrame, value: str = "bleu", n_boot: int = 2000, seed: int = 0,
+def summarize(rows: pd.DataFrame, value: str = "bleu", n_resamples: int = 2000, seed: int = 0,
               level: float = 0.95) -> dict:
     """{model: {kind: {mean, lo, hi, n}}}: the character-averaged mean with a percentile bootstrap interval over
     inputs, resampled within each character (every character keeps its count)."""
@@ -118,8 +118,8 @@ def summarize(rows: pd.DataFrame, value: str = "bleu", n_boot: int = 2000, seed:
     out: dict = {}
     for (model, kind), df in rows.groupby(["model", "kind"], sort=True):
         groups = [g[value].to_numpy(float) for _, g in df.groupby("character")]
-        reps = np.empty(n_boot)
-        for b in range(n_boot):
+        reps = np.empty(n_resamples)
+        for b in range(n_resamples):
             reps[b] = np.mean([g[rng.integers(0, len(g), len(g))].mean() for g in groups])
         lo, hi = np.percentile(reps, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
         out.setdefault(model, {})[kind] = {"mean": character_mean(df, value), "lo": float(lo), "hi": float(hi),
@@ -127,7 +127,7 @@ def summarize(rows: pd.DataFrame, value: str = "bleu", n_boot: int = 2000, seed:
     return out
 
 
-def paired_difference(rows: pd.DataFrame, a: str, b: str, kind: str, value: str = "bleu", n_boot: int = 2000,
+def paired_difference(rows: pd.DataFrame, a: str, b: str, kind: str, value: str = "bleu", n_resamples: int = 2000,
                       seed: int = 0, level: float = 0.95) -> dict:
     """Model a minus model b on the same inputs for one kind: the mean difference and a bootstrap interval over
     inputs (paired)."""
@@ -138,7 +138,7 @@ def paired_difference(rows: pd.DataFrame, a: str, b: str, kind: str, value: str 
     if not len(d):
         return {"mean": None, "lo": None, "hi": None, "n": 0}
     rng = np.random.default_rng(seed)
-    reps = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)])
+    reps = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_resamples)])
     lo, hi = np.percentile(reps, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
     return {"mean": float(d.mean()), "lo": float(lo), "hi": float(hi), "n": len(d)}
 
