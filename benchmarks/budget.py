@@ -254,15 +254,16 @@ def big5chat_facts(cfg: dict, root: Path) -> dict:
     """SODA agent turns and their dialogue prompt (the mirror's 20 scenarios), Essays expert texts, the released
     replies and the 200 prompts (the mirror's samples), the questionnaires."""
     from lib import big5chat, corpora, psychometrics
+    from lib.big5chat import data as big5data
     from lib.big5chat import released
     from lib.traits import LEVELS, TRAITS
 
     s = cfg["scrape"]["big5chat"]
-    scenarios = big5chat.load_soda(root / "soda" / "soda_20.jsonl")
-    units = big5chat.reply_units(scenarios, cfg["dexperts"]["max_units_per_scenario"])
+    scenarios = big5data.load_soda(root / "soda" / "soda_20.jsonl")
+    units = big5data.reply_units(scenarios, cfg["dexperts"]["max_units_per_scenario"])
     template = config.read_text(cfg["dexperts"]["template"])
     essays = corpora.load_essays(root / s["essays_path"], s["expert_folds"])
-    texts = {f"{t}_{lvl}": [min(len(x.split()), s["text_words"]) for x in big5chat.split_by_trait_level(
+    texts = {f"{t}_{lvl}": [min(len(x.split()), s["text_words"]) for x in big5data.split_by_trait_level(
         essays, t, lvl).text][:s["texts_per_expert"]] for t in TRAITS for lvl in LEVELS}
     replies, _ = released.load_replies(root / "big5chat" / "human_eval_big5_chat.csv")
     prompted = released.load_prompted(root / s["released"]["prompted_path"])

@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 
 from lib import big5chat
+from lib.big5chat import data as big5data
+from lib.big5chat import rows as big5rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +23,7 @@ def _soda_line(index=7, dialogue="['Hi Bo.'\n \"It's you, Al!\" 'Yes.']", speake
 def test_soda_numpy_reprs_are_parsed_without_eval(tmp_path):
     path = tmp_path / "soda.jsonl"
     path.write_text(_soda_line() + "\n")
-    (sc,) = big5chat.load_soda(path)
+    (sc,) = big5data.load_soda(path)
     assert sc["scenario_id"] == "soda-7"
     assert sc["turns"] == [{"speaker": "Al", "text": "Hi Bo."}, {"speaker": "Bo", "text": "It's you, Al!"},
                            {"speaker": "Al", "text": "Yes."}]
@@ -37,32 +39,32 @@ def test_soda_bad_rows_name_file_and_line(tmp_path, line, message):
     path = tmp_path / "soda.jsonl"
     path.write_text(line + "\n")
     with pytest.raises(ValueError, match=message):
-        big5chat.load_soda(path)
+        big5data.load_soda(path)
 
 
 def test_soda_missing_or_empty_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="SODA file not found"):
-        big5chat.load_soda(tmp_path / "nope.jsonl")
+        big5data.load_soda(tmp_path / "nope.jsonl")
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="no SODA scenarios"):
-        big5chat.load_soda(tmp_path / "empty.jsonl")
+        big5data.load_soda(tmp_path / "empty.jsonl")
 
 
 @pytest.mark.skipif(not MIRROR.is_file(), reason="data mirror not beside the repository")
 def test_the_mirror_parses():
-    scenarios = big5chat.load_soda(MIRROR)
+    scenarios = big5data.load_soda(MIRROR)
     assert len(scenarios) == 20
     assert all(len(s["turns"]) >= 6 for s in scenarios)
     first = scenarios[0]
     assert first["scenario_id"] == "soda-2517336" and (first["PersonX"], first["PersonY"]) == ("Sharif", "Karis")
     assert first["turns"][0] == {"speaker": "Sharif", "text": "Hi Karis. I'm so happy I was able to help you out today."}
     assert [t["speaker"] for t in first["turns"]] == ["Sharif", "Karis"] * 3
-    assert len(big5chat.reply_units(scenarios)) == 63
-    sample = big5chat.load_soda(MIRROR, limit=3, seed=1)
-    assert len(sample) == 3 and sample == big5chat.load_soda(MIRROR, limit=3, seed=1)  # seeded
+    assert len(big5data.reply_units(scenarios)) == 63
+    sample = big5data.load_soda(MIRROR, limit=3, seed=1)
+    assert len(sample) == 3 and sample == big5data.load_soda(MIRROR, limit=3, seed=1)  # seeded
     order = [s["scenario_id"] for s in scenarios]
     assert sorted(order.index(s["scenario_id"]) for s in sample) == [order.index(s["scenario_id"]) for s in sample]
-    assert sample != big5chat.load_soda(MIRROR, limit=3, seed=2)
+    assert sample != big5data.load_soda(MIRROR, limit=3, seed=2)
 
 
 def test_soda_parquet_as_on_the_hub(tmp_path):
@@ -70,13 +72,13 @@ def test_soda_parquet_as_on_the_hub(tmp_path):
     rows = [json.loads(line) for line in MIRROR.read_text().splitlines()[:4]]
     frame = pd.DataFrame(rows)
     for col in ("dialogue", "speakers"):
-        frame[col] = [big5chat._string_list(v, col) for v in frame[col]]
+        frame[col] = [big5data._string_list(v, col) for v in frame[col]]
     frame.to_parquet(tmp_path / "train.parquet")
-    assert big5chat.load_soda(tmp_path / "train.parquet") == big5chat.load_soda(MIRROR, limit=None)[:4]
-    assert len(big5chat.load_soda(tmp_path / "train.parquet", limit=2)) == 2
+    assert big5data.load_soda(tmp_path / "train.parquet") == big5data.load_soda(MIRROR, limit=None)[:4]
+    assert len(big5data.load_soda(tmp_path / "train.parquet", limit=2)) == 2
     frame.drop(columns=["speakers"]).to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match=r"missing SODA columns \['speakers'\]"):
-        big5chat.load_soda(tmp_path / "bad.parquet")
+        big5data.load_soda(tmp_path / "bad.parquet")
 
 
 def _scenario():
@@ -85,14 +87,14 @@ def _scenario():
 
 
 def test_units_are_the_agents_later_turns_with_their_history():
-    units = big5chat.reply_units([_scenario()])
+    units = big5data.reply_units([_scenario()])
     assert [u["unit_id"] for u in units] == ["soda-1/t2", "soda-1/t4"]
     assert [t["text"] for t in units[0]["history"]] == ["turn 0", "turn 1"]
-    assert len(big5chat.reply_units([_scenario()], max_units_per_scenario=1)) == 1
+    assert len(big5data.reply_units([_scenario()], max_units_per_scenario=1)) == 1
 
 
 def test_prompts_carry_the_papers_wording():
-    unit = big5chat.reply_units([_scenario()])[0]
+    unit = big5data.reply_units([_scenario()])[0]
     base = big5chat.dialogue_messages(unit, TEMPLATE)
     assert base == [{"role": "user", "content": "Imagine you are Al, with Bo. N.\nAl: turn 0\nBo: turn 1\n"
                                                 "Reply within 50 words."}]
@@ -111,7 +113,7 @@ def test_prompts_carry_the_papers_wording():
 
 def test_the_pipelines_template_fills_every_element():
     """The prompt file the pipeline runs (params/prompts/big5chat_dialogue.txt), not a copy of it."""
-    unit = big5chat.reply_units([_scenario()])[1]
+    unit = big5data.reply_units([_scenario()])[1]
     (msg,) = big5chat.dialogue_messages(unit, (ROOT / "params/prompts/big5chat_dialogue.txt").read_text())
     text = msg["content"]
     assert text.startswith("Imagine you are Al, talking with Bo. Here is what is happening:\nN.")
@@ -122,17 +124,17 @@ def test_the_pipelines_template_fills_every_element():
 def test_expert_rows_and_level_split():
     df = pd.DataFrame({"text": ["a b c d", "e f", "g"], "O": [1, 0, 1], "C": [0, 0, 1], "E": [1, 1, 1],
                        "A": [0, 0, 0], "N": [1, 1, 0]})
-    assert big5chat.split_by_trait_level(df, "O", "high").text.tolist() == ["a b c d", "g"]
-    assert big5chat.split_by_trait_level(df, "O", "low").text.tolist() == ["e f"]
-    rows = big5chat.expert_rows(["a b c d", "  "], "O", "high", max_words=2)
+    assert big5data.split_by_trait_level(df, "O", "high").text.tolist() == ["a b c d", "g"]
+    assert big5data.split_by_trait_level(df, "O", "low").text.tolist() == ["e f"]
+    rows = big5rows.expert_rows(["a b c d", "  "], "O", "high", max_words=2)
     assert rows == [{"prompt": [{"role": "user", "content": big5chat.expert_instruction("O", "high")}],
                      "completion": [{"role": "assistant", "content": "a b"}]}]
     # Decoding prompt == training prompt: the expert is steered from exactly what it was trained on.
     assert rows[0]["prompt"] == big5chat.expert_messages("O", "high")
     with pytest.raises(ValueError, match="no non-empty texts"):
-        big5chat.expert_rows([" "], "O", "high")
+        big5rows.expert_rows([" "], "O", "high")
     with pytest.raises(ValueError, match="no label column 'O'"):
-        big5chat.split_by_trait_level(df.drop(columns="O"), "O", "high")
+        big5data.split_by_trait_level(df.drop(columns="O"), "O", "high")
 
 
 def _gen(unit, scenario, trait, level, reply):
@@ -141,7 +143,7 @@ def _gen(unit, scenario, trait, level, reply):
 
 
 def test_sft_rows_use_the_instruction_and_skip_empty_replies():
-    rows, skipped = big5chat.sft_rows([_gen("u1", "s1", "A", "low", "No."), _gen("u1", "s1", "A", "high", " ")])
+    rows, skipped = big5rows.sft_rows([_gen("u1", "s1", "A", "low", "No."), _gen("u1", "s1", "A", "high", " ")])
     assert skipped == 1
     assert rows == [{"prompt": [{"role": "system", "content": big5chat.persona_instruction("A", "low")},
                                 {"role": "user", "content": "prompt of u1"}],
@@ -156,7 +158,7 @@ def test_dpo_pairs_stay_within_a_unit_and_count_skips():
         _gen("s3/t2", "s3", "E", "high", "Same."), _gen("s3/t2", "s3", "E", "low", "Same."),
         _gen("s4/t2", "s4", "E", "high", "Hi"), _gen("s4/t2", "s4", "E", "low", ""),
     ]
-    pairs, stats = big5chat.dpo_pairs(gens)
+    pairs, stats = big5rows.dpo_pairs(gens)
     assert stats == {"groups_used": 1, "missing_level": 1, "identical": 1, "empty_reply": 1}
     assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [("Party!", "Home."),
                                                                                           ("Home.", "Party!")]
@@ -168,19 +170,19 @@ def test_dpo_pairs_stay_within_a_unit_and_count_skips():
 
 def test_dpo_pairs_refuse_a_unit_under_two_scenarios_or_doubled_levels():
     with pytest.raises(ValueError, match="appears under scenarios 's1' and 's2'"):
-        big5chat.dpo_pairs([_gen("u/t2", "s1", "E", "high", "a"), _gen("u/t2", "s2", "E", "low", "b")])
+        big5rows.dpo_pairs([_gen("u/t2", "s1", "E", "high", "a"), _gen("u/t2", "s2", "E", "low", "b")])
     with pytest.raises(ValueError, match="two replies at level 'high'"):
-        big5chat.dpo_pairs([_gen("u/t2", "s1", "E", "high", "a"), _gen("u/t2", "s1", "E", "high", "b")])
+        big5rows.dpo_pairs([_gen("u/t2", "s1", "E", "high", "a"), _gen("u/t2", "s1", "E", "high", "b")])
 
 
 def test_split_units_is_deterministic_and_keeps_units_whole():
     ids = [f"soda-{i}/t2" for i in range(200)]
-    split = big5chat.split_units(ids + ids, 0.25, seed=0)
-    assert set(split) == set(ids) and split == big5chat.split_units(ids, 0.25, seed=0)
-    assert split != big5chat.split_units(ids, 0.25, seed=1)
+    split = big5data.split_units(ids + ids, 0.25, seed=0)
+    assert set(split) == set(ids) and split == big5data.split_units(ids, 0.25, seed=0)
+    assert split != big5data.split_units(ids, 0.25, seed=1)
     assert 25 <= sum(v == "test" for v in split.values()) <= 75
     with pytest.raises(ValueError, match="test_fraction"):
-        big5chat.split_units(ids, 1.0)
+        big5data.split_units(ids, 1.0)
 
 
 def test_demo_prompt_has_instruction_description_and_examples():
@@ -199,29 +201,29 @@ def test_released_rows_become_generations_that_pair_by_prompt(tmp_path):
                          "train_input": ["Talk about art.", "Talk about art.", "A party.", "A party."],
                          "train_output": ["I adore new ideas.", "I like what I know.", "Let's dance!", "No."]})
     rows.to_csv(tmp_path / "big5_chat_dataset.csv", index=False)
-    gens = big5chat.load_released(tmp_path / "big5_chat_dataset.csv")
+    gens = big5data.load_released(tmp_path / "big5_chat_dataset.csv")
     assert [(g["trait"], g["level"]) for g in gens] == [("O", "high"), ("O", "low"), ("E", "high"), ("A", "low")]
     assert gens[0]["unit_id"] == gens[1]["unit_id"] != gens[2]["unit_id"]
-    sft, skipped = big5chat.sft_rows(gens)
+    sft, skipped = big5rows.sft_rows(gens)
     assert skipped == 0 and sft[0]["prompt"][-1]["content"] == "Talk about art."
-    pairs, stats = big5chat.dpo_pairs(gens)
+    pairs, stats = big5rows.dpo_pairs(gens)
     assert len(pairs) == 2 and stats["missing_level"] == 2  # openness pairs both ways; E and A have one level each
-    assert [g["trait"] for g in big5chat.load_released(tmp_path / "big5_chat_dataset.csv", traits=["E"])] == ["E"]
+    assert [g["trait"] for g in big5data.load_released(tmp_path / "big5_chat_dataset.csv", traits=["E"])] == ["E"]
     rows.assign(trait=["openness", "humour", "E", "A"]).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match=r"row 1: trait 'humour'"):
-        big5chat.load_released(tmp_path / "bad.csv")
+        big5data.load_released(tmp_path / "bad.csv")
     rows.drop(columns=["train_output"]).to_csv(tmp_path / "cols.csv", index=False)
     with pytest.raises(ValueError, match=r"missing columns \['train_output'\]"):
-        big5chat.load_released(tmp_path / "cols.csv")
+        big5data.load_released(tmp_path / "cols.csv")
 
 
 def test_heldout_texts_per_trait_level_seeded_and_refused_when_nothing_would_train():
     texts = pd.DataFrame({"trait": ["O"] * 6 + ["C"] * 3, "level": ["high", "low"] * 3 + ["high"] * 3,
                           "text": [f"t{i}" for i in range(9)]})
-    mask = big5chat.heldout_texts(texts, 1, seed=0)
+    mask = big5data.heldout_texts(texts, 1, seed=0)
     assert mask.groupby([texts.trait, texts.level]).sum().to_dict() == {("C", "high"): 1, ("O", "high"): 1,
                                                                         ("O", "low"): 1}
-    assert mask.equals(big5chat.heldout_texts(texts, 1, seed=0))
-    assert not big5chat.heldout_texts(texts, 0).any()
+    assert mask.equals(big5data.heldout_texts(texts, 1, seed=0))
+    assert not big5data.heldout_texts(texts, 0).any()
     with pytest.raises(ValueError, match="Conscientiousness - high: 3 texts, cannot hold out 3"):
-        big5chat.heldout_texts(texts, 3)
+        big5data.heldout_texts(texts, 3)

@@ -107,10 +107,10 @@ def test_totals_are_the_sums_of_the_rows(result):
 
 def test_stated_paper_scale_counts(cfg, facts):
     """The issue's figures, recomputed from the params and the mirror rather than copied."""
-    from lib import big5chat
+    from lib.big5chat import data as big5data
 
-    scenarios = big5chat.load_soda(config.data_path(cfg, "soda/soda_20.jsonl"))
-    assert len(big5chat.reply_units(scenarios)) / len(scenarios) == pytest.approx(3.15)  # 63 agent turns in 20
+    scenarios = big5data.load_soda(config.data_path(cfg, "soda/soda_20.jsonl"))
+    assert len(big5data.reply_units(scenarios)) / len(scenarios) == pytest.approx(3.15)  # 63 agent turns in 20
     replies = cfg["scrape"]["big5chat"]["max_scenarios"] * facts["units_per_scenario"] * 2 * len(
         cfg["dexperts"]["traits"])  # every agent turn (max_units_per_scenario null): 10,000 x 3.15 x 10 = 315,000
     assert f"{replies:,.0f} replies" in budget.est_dexperts(cfg, facts)["work"]

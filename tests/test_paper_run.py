@@ -184,10 +184,10 @@ def _hub_datasets(files: Path) -> dict[str, Path]:
     """{repo id: folder} of the Hub datasets the paper profile reads, built from the mirror in their real layouts."""
     # allenai/soda: train/valid/test.parquet, the dialogue and speakers as lists
     soda = pd.read_json(SHARED / "soda" / "soda_20.jsonl", lines=True)
-    from lib import big5chat
+    from lib.big5chat import data as big5data
 
     for col in ("dialogue", "speakers"):
-        soda[col] = [big5chat._string_list(v, col) for v in soda[col]]
+        soda[col] = [big5data._string_list(v, col) for v in soda[col]]
     (files / "soda").mkdir(parents=True)
     for split in ("train", "valid", "test"):
         soda.to_parquet(files / "soda" / f"{split}.parquet")

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from lib import stats
-from lib.big5chat import dexperts, dialogue_messages, expert_messages, expert_rows
+from lib.big5chat import dexperts, dialogue_messages, expert_messages
+from lib.big5chat.rows import expert_rows
 from lib.train import sft_apart
 from lib.traits import LEVELS, OPPOSITE
 
