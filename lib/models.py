@@ -267,8 +267,8 @@ def import_unsloth_first() -> str:
     cell, before any lib module that imports them (sentence-transformers for RAFt, the tokenizer, trl). Importing
     it late leaves the patches incomplete, so that is an error, naming the modules already imported.
     """
-    if not unsloth_available():
-        return "transformers"
+    if not unsloth_available() or launched_processes() > 1:
+        return "transformers"  # Unsloth is the single-GPU path: its multi-GPU mode copies the whole model to each
     if "unsloth" not in sys.modules:
         late = [m for m in PATCHED_BY_UNSLOTH if m in sys.modules]
         if late:
@@ -353,15 +353,33 @@ def load_for_training(model_path: str | Path, lora: dict, max_seq_length: int, l
     return get_peft_model(model, config), tokenizer, backend
 
 
+def launched_processes() -> int:
+    """How many processes a launcher (accelerate launch, torchrun) started to train one model together; 1 alone."""
+    return int(os.environ.get("WORLD_SIZE") or 1)
+
+
+def sharded_launch() -> bool:
+    """Whether accelerate launched this process under FSDP or DeepSpeed, which shard the model across processes."""
+    return any(os.environ.get(var, "").lower() in ("1", "true")
+               for var in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
+
+
 def nf4_kwargs() -> dict:
     """from_pretrained arguments for the 4-bit NF4 base of QLoRA (the JIC paper's), shared by training and inference
-    so that a model trained on quantised weights is evaluated on the same quantised base."""
+    so that a model trained on quantised weights is evaluated on the same quantised base.
+
+    Alone or under DDP the base sits whole on this process's GPU (LOCAL_RANK). Under FSDP or ZeRO-3 (configs/accelerate/)
+    the wrapper shards and places the weights, so there is no device map, and the packed 4-bit weights are stored as
+    bfloat16, the type the wrapper flattens the other parameters into (the FSDP-QLoRA recipe of the pinned peft and
+    bitsandbytes documentation)."""
     import torch
     from transformers import BitsAndBytesConfig
 
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                bnb_4bit_compute_dtype=torch.bfloat16)
-    return {"quantization_config": config, "device_map": {"": 0}}
+    quant = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+             "bnb_4bit_compute_dtype": torch.bfloat16}
+    if sharded_launch():
+        return {"quantization_config": BitsAndBytesConfig(**quant, bnb_4bit_quant_storage=torch.bfloat16)}
+    return {"quantization_config": BitsAndBytesConfig(**quant), "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))}}
 
 
 def _load_causal_lm(auto_class, name: str, **kwargs):

@@ -67,9 +67,14 @@ def default_precision(args: dict) -> dict:
     """
     import torch
 
-    if not torch.cuda.is_available() and (args.get("bf16") or args.get("fp16")):
-        log.warning("bf16/fp16 asked for but there is no GPU: training in float32")
-        return {**args, "bf16": False, "fp16": False}
+    if not torch.cuda.is_available():
+        # use_cpu also makes a launch of several processes (accelerate launch, torchrun) one CPU-distributed run
+        # (gloo) that shards the data; without it transformers sets up no distributed state on a CPU machine and
+        # every process trains a whole copy of its own.
+        args = {**args, "use_cpu": True}
+        if args.get("bf16") or args.get("fp16"):
+            log.warning("bf16/fp16 asked for but there is no GPU: training in float32")
+            return {**args, "bf16": False, "fp16": False}
     if "bf16" in args or "fp16" in args:
         return args
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -278,7 +283,8 @@ def _train_and_save(trainer, tokenizer, out_dir: Path, backend: str, evaluate: b
 
     adapter_dir = out_dir / "adapter"
     trainer.save_model(str(adapter_dir))  # a PeftModel saves only the adapter weights + adapter_config.json
-    tokenizer.save_pretrained(str(adapter_dir))
+    if trainer.is_world_process_zero():  # one writer when several processes train one model
+        tokenizer.save_pretrained(str(adapter_dir))
     metrics = {
         "train_loss": train_loss,
         "steps": trainer.state.global_step,
@@ -325,7 +331,8 @@ def sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[dict] | 
                          f"{max_seq_length} tokens, leaving no completion to learn; raise max_seq_length")
     bos = check_one_bos(trainer.train_dataset, tokenizer, "input_ids")
     metrics = _train_and_save(trainer, tokenizer, out_dir, backend, evaluate=bool(evals)) | {"leading_bos": bos}
-    write_train_metrics(out_dir, "train_metrics.json", metrics)
+    if trainer.is_world_process_zero():
+        write_train_metrics(out_dir, "train_metrics.json", metrics | _world(trainer))
     return metrics
 
 
@@ -457,8 +464,16 @@ def dpo(model_path: str | Path, train_pairs: list[dict], eval_pairs: list[dict] 
     metrics |= {"train_pairs_kept": kept, "beta": config.beta, "leading_bos": bos,
                 "reward_accuracy": _last_logged(history, "rewards/accuracies"),
                 "reward_margin": _last_logged(history, "rewards/margins")}
-    write_train_metrics(out_dir, "train_metrics.json", metrics)
+    if trainer.is_world_process_zero():
+        write_train_metrics(out_dir, "train_metrics.json", metrics | _world(trainer))
     return metrics
+
+
+def _world(trainer) -> dict:
+    """How many processes trained the model together, recorded only when more than one did (a launch through
+    accelerate or torchrun), so a single-process run's metrics file is as before."""
+    n = trainer.args.world_size
+    return {"processes": n, "distributed": str(trainer.accelerator.distributed_type)} if n > 1 else {}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -472,46 +487,72 @@ def sft_apart(model_path: str | Path, train_rows: list[dict], eval_rows: list[di
     PeftModelForCausalLM.forward among them, which then drops a mixed batch's adapter names). A stage that trains and
     then decodes with several adapters in one kernel (07's DExperts) trains here, so its kernel never loads Unsloth.
     """
+    return launch("sft", {"model_path": model_path, "train_rows": train_rows, "eval_rows": eval_rows,
+                          "out_dir": out_dir, "lora": lora, "args": args, "max_seq_length": max_seq_length,
+                          "load_in_4bit": load_in_4bit})
+
+
+def launch(task: str, request: dict, accelerate_config: str | Path | None = None) -> dict:
+    """`sft` or `dpo` (`task`) with `request` as its arguments, in processes of their own; the metrics it wrote.
+
+    Without `accelerate_config`, one fresh Python process (`python -m lib.train TASK REQUEST.json`). With one (e.g.
+    configs/accelerate/fsdp_qlora.yaml), `accelerate launch --config_file …`: the processes it names train one model
+    together and rank 0 writes the adapter and the metrics. The request's rows travel in a JSON file beside out_dir.
+    """
     import os
     import subprocess
     import sys
     import tempfile
 
-    out_dir = Path(out_dir).resolve()
+    if task not in ("sft", "dpo"):
+        raise ValueError(f"task must be 'sft' or 'dpo', got {task!r}")
+    out_dir = Path(request["out_dir"]).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    model_path = Path(model_path).resolve() if Path(model_path).exists() else model_path  # else a Hub id
-    request = {"model_path": str(model_path), "train_rows": train_rows, "eval_rows": eval_rows,
-               "out_dir": str(out_dir), "lora": lora, "args": args, "max_seq_length": max_seq_length,
-               "load_in_4bit": load_in_4bit}
+    model_path = request["model_path"]
+    request = {**request, "out_dir": str(out_dir),  # else a Hub id
+               "model_path": str(Path(model_path).resolve() if Path(model_path).exists() else model_path)}
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=out_dir.parent, delete=False,
                                      encoding="utf-8") as f:
         json.dump(request, f)
+    entry = ["-m", "lib.train", task, f.name]
+    if accelerate_config is None:
+        cmd = [sys.executable, *entry]
+    else:
+        if not Path(accelerate_config).is_file():
+            raise FileNotFoundError(f"accelerate config {accelerate_config} not found (configs/accelerate/ holds the "
+                                    "repository's)")
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config), *entry]
     try:
         root = str(Path(__file__).resolve().parents[1])  # where `lib` is importable from
         env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-        proc = subprocess.run([sys.executable, "-m", "lib.train", "sft", f.name], capture_output=True, text=True,
-                              env=env, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     finally:
         Path(f.name).unlink(missing_ok=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"training {out_dir} in its own process failed (exit {proc.returncode}):\n"
+        raise RuntimeError(f"training {out_dir} in its own process(es) failed (exit {proc.returncode}):\n"
                            f"{proc.stderr[-4000:]}")
     return json.loads((out_dir / "train_metrics.json").read_text(encoding="utf-8"))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: `python -m lib.train sft REQUEST.json` (what sft_apart runs)."""
+    """CLI: `python -m lib.train {sft,dpo} REQUEST.json`, the request holding the function's arguments (sft's rows are
+    `train_rows`/`eval_rows`, dpo's pairs `train_pairs`/`eval_pairs`).
+
+    What sft_apart runs in a fresh process, and what several processes run under a launcher that trains one model
+    across them (`accelerate launch --config_file configs/accelerate/<name>.yaml -m lib.train sft REQUEST.json`; README:
+    Beyond one GPU)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m lib.train", description=sft_apart.__doc__.splitlines()[0])
-    parser.add_argument("task", choices=["sft"])
-    parser.add_argument("request", type=Path, help="JSON with sft's arguments")
+    parser = argparse.ArgumentParser(prog="python -m lib.train", description=main.__doc__.splitlines()[0])
+    parser.add_argument("task", choices=["sft", "dpo"])
+    parser.add_argument("request", type=Path, help="JSON with the function's arguments")
     ns = parser.parse_args(argv)
     from lib.models import import_unsloth_first
 
     import_unsloth_first()  # before anything imports transformers/trl/peft, where Unsloth can be used
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sft(**json.loads(ns.request.read_text(encoding="utf-8")))
+    request = json.loads(ns.request.read_text(encoding="utf-8"))
+    (sft if ns.task == "sft" else dpo)(**request)
 
 
 if __name__ == "__main__":

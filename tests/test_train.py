@@ -226,8 +226,9 @@ def test_half_precision_without_a_gpu_falls_back_to_float32(monkeypatch):
     from lib.train import default_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert default_precision({"bf16": True, "lr": 1}) == {"bf16": False, "fp16": False, "lr": 1}
-    assert default_precision({"lr": 1}) == {"lr": 1, "bf16": False, "fp16": False}
+    # use_cpu: several launched processes then form one CPU-distributed run (tests/test_distributed.py)
+    assert default_precision({"bf16": True, "lr": 1}) == {"bf16": False, "fp16": False, "lr": 1, "use_cpu": True}
+    assert default_precision({"lr": 1}) == {"lr": 1, "bf16": False, "fp16": False, "use_cpu": True}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert default_precision({"bf16": True}) == {"bf16": True}  # a GPU run keeps what params ask for
 
