@@ -379,7 +379,7 @@ def nf4_kwargs() -> dict:
              "bnb_4bit_compute_dtype": torch.bfloat16}
     if sharded_launch():
         return {"quantization_config": BitsAndBytesConfig(**quant, bnb_4bit_quant_storage=torch.bfloat16)}
-    return {"quantization_config": BitsAndBytesConfig(**quant), "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))}}
+    return {"quantization_config": BitsAndBytesConfig(**quant), "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
 
 
 def _load_causal_lm(auto_class, name: str, **kwargs):
