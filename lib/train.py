@@ -20,7 +20,7 @@ import resource
 from collections.abc import Callable
 from pathlib import Path
 
-from lib.models import load_for_training
+from lib.models import launched_processes, load_for_training
 
 log = logging.getLogger(__name__)
 
@@ -303,8 +303,16 @@ def _train_and_save(trainer, tokenizer, out_dir: Path, backend: str, evaluate: b
 
 
 def sft(model_path: str | Path, train_rows: list[dict], eval_rows: list[dict] | None, out_dir: str | Path,
-        lora: dict, args: dict, max_seq_length: int = 512, load_in_4bit: bool = False) -> dict:
-    """LoRA-SFT on conversational prompt-completion rows (loss on the completion only); resumes after a kill."""
+        lora: dict, args: dict, max_seq_length: int = 512, load_in_4bit: bool = False,
+        accelerate_config: str | Path | None = None) -> dict:
+    """LoRA-SFT on conversational prompt-completion rows (loss on the completion only); resumes after a kill.
+
+    With `accelerate_config` (a file under configs/accelerate/), the processes it names train the model together
+    (`launch`); the metrics are rank 0's."""
+    if accelerate_config is not None and launched_processes() == 1:
+        return launch("sft", {"model_path": model_path, "train_rows": train_rows, "eval_rows": eval_rows,
+                              "out_dir": out_dir, "lora": lora, "args": args, "max_seq_length": max_seq_length,
+                              "load_in_4bit": load_in_4bit}, accelerate_config)
     train, evals = check_inputs(train_rows, eval_rows, args, check_rows)
     out_dir = Path(out_dir)
 
@@ -417,12 +425,18 @@ def preference_rewards(model, tokenizer, pairs: list[dict], beta: float, batch_s
 
 
 def dpo(model_path: str | Path, train_pairs: list[dict], eval_pairs: list[dict] | None, out_dir: str | Path,
-        lora: dict, args: dict, max_seq_length: int = 512, load_in_4bit: bool = False) -> dict:
+        lora: dict, args: dict, max_seq_length: int = 512, load_in_4bit: bool = False,
+        accelerate_config: str | Path | None = None) -> dict:
     """LoRA-DPO on conversational preference pairs (prompt, chosen, rejected); resumes after a kill.
 
     `args` are trl.DPOConfig names (`beta` among them; the paper uses 0.1). No second model is loaded: the reference
     is the policy's base with the adapter disabled, which equals the starting policy because a fresh LoRA is a no-op.
+    `accelerate_config` as in `sft`.
     """
+    if accelerate_config is not None and launched_processes() == 1:
+        return launch("dpo", {"model_path": model_path, "train_pairs": train_pairs, "eval_pairs": eval_pairs,
+                              "out_dir": out_dir, "lora": lora, "args": args, "max_seq_length": max_seq_length,
+                              "load_in_4bit": load_in_4bit}, accelerate_config)
     if not train_pairs:
         raise ValueError("no training pairs")
     check_args(args)
@@ -480,16 +494,18 @@ def _world(trainer) -> dict:
 # Training in a process of its own
 
 def sft_apart(model_path: str | Path, train_rows: list[dict], eval_rows: list[dict] | None, out_dir: str | Path,
-              lora: dict, args: dict, max_seq_length: int = 512, load_in_4bit: bool = False) -> dict:
+              lora: dict, args: dict, max_seq_length: int = 512, load_in_4bit: bool = False,
+              accelerate_config: str | Path | None = None) -> dict:
     """`sft` in a fresh Python process; its metrics.
 
     Loading a model through Unsloth patches transformers and peft for the rest of the process (peft's
     PeftModelForCausalLM.forward among them, which then drops a mixed batch's adapter names). A stage that trains and
     then decodes with several adapters in one kernel (07's DExperts) trains here, so its kernel never loads Unsloth.
+    With `accelerate_config`, in the processes that config names.
     """
     return launch("sft", {"model_path": model_path, "train_rows": train_rows, "eval_rows": eval_rows,
                           "out_dir": out_dir, "lora": lora, "args": args, "max_seq_length": max_seq_length,
-                          "load_in_4bit": load_in_4bit})
+                          "load_in_4bit": load_in_4bit}, accelerate_config)
 
 
 def launch(task: str, request: dict, accelerate_config: str | Path | None = None) -> dict:

@@ -76,9 +76,12 @@ def test_two_processes_train_one_sft_adapter(tmp_path, model_dir, monkeypatch):
              "completion": [{"role": "assistant", "content": "I feel calm and a bit tired, but happy."}]}
             for i in range(ROWS)]
     out = tmp_path / "sft"
-    metrics = _launch(tmp_path, "sft", {"model_path": str(model_dir), "train_rows": rows, "eval_rows": None,
-                                        "out_dir": str(out), "lora": LORA, "args": ARGS, "max_seq_length": 64},
-                      monkeypatch)
+    from lib.train import sft
+
+    # as a stage calls it, its params naming an accelerate config (sft.<paper>.accelerate_config)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    metrics = sft(model_dir, rows, None, out, LORA, ARGS, max_seq_length=64, accelerate_config=_cpu_config(tmp_path))
     _check_one_shared_model(out, metrics)
 
     from peft import PeftModel

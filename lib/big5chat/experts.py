@@ -38,7 +38,8 @@ def train_experts(student: str, texts: pd.DataFrame, traits: list[str], experts_
             chosen = texts[(texts.trait == trait) & (texts.level == level) & ~texts.heldout].text.tolist()
             rows = expert_rows(chosen, trait, level, max_words=None)
             metrics[name] = sft_apart(student, rows, None, expert_dir, lora=settings["lora"], args=settings["args"],
-                                      max_seq_length=settings["max_seq_length"])
+                                      max_seq_length=settings["max_seq_length"],
+                                      accelerate_config=settings["accelerate_config"])
     return metrics
 
 
